@@ -1,0 +1,1 @@
+"""ROS 2 serving layer for Vision-Language-Action robot policies."""

@@ -1,0 +1,125 @@
+"""Model configuration and the two presets (`tiny`, the shipped CPU policy, and `pi05`).
+
+Plain dataclasses with no torch import, so the runtime and the nodes can read a model's shape
+contract without PyTorch installed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP-style ViT shared over all cameras."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 512
+
+
+@dataclass(frozen=True)
+class LidarConfig:
+    """Patch embedding of the range image plus its validity mask."""
+
+    rows: int = 64
+    cols: int = 1024
+    patch_rows: int = 16
+    patch_cols: int = 64
+    max_range_m: float = 20.0
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Gemma-style prefix decoder (RMSNorm, RoPE, grouped-query attention, GeGLU)."""
+
+    width: int = 192
+    depth: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 1
+    head_dim: int = 48
+    mlp_dim: int = 512
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Narrower Gemma-style action expert; one layer per backbone layer, same head layout."""
+
+    width: int = 128
+    mlp_dim: int = 384
+
+
+@dataclass(frozen=True)
+class VlaConfig:
+    preset: str = "tiny"
+    max_cameras: int = 3
+    text_max_len: int = 48
+    state_dim: int = 8
+    action_horizon: int = 16
+    action_dim: int = 8
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    lidar: LidarConfig = field(default_factory=LidarConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+    @property
+    def tokens_per_camera(self) -> int:
+        return (self.vision.image_size // self.vision.patch_size) ** 2
+
+    @property
+    def lidar_tokens(self) -> int:
+        return (self.lidar.rows // self.lidar.patch_rows) * (self.lidar.cols // self.lidar.patch_cols)
+
+    @property
+    def prefix_len(self) -> int:
+        """Prefix tokens: [cameras..., LiDAR, text, one state token]."""
+        return self.max_cameras * self.tokens_per_camera + self.lidar_tokens + self.text_max_len + 1
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "VlaConfig":
+        nested = {
+            "vision": VisionConfig,
+            "lidar": LidarConfig,
+            "backbone": BackboneConfig,
+            "expert": ExpertConfig,
+        }
+        kwargs = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def tiny() -> VlaConfig:
+    """The shipped CPU policy: small enough to train here and to serve at 5 Hz on 2 cores."""
+    return VlaConfig()
+
+
+def pi05() -> VlaConfig:
+    """pi0.5 sizes: SigLIP So400m/14, Gemma 2B prefix backbone, Gemma-300M-style action expert."""
+    return VlaConfig(
+        preset="pi05",
+        max_cameras=3,
+        text_max_len=48,
+        state_dim=32,
+        action_horizon=50,
+        action_dim=32,
+        vision=VisionConfig(image_size=224, patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
+        lidar=LidarConfig(),
+        backbone=BackboneConfig(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384),
+        expert=ExpertConfig(width=1024, mlp_dim=4096),
+    )
+
+
+PRESETS = {"tiny": tiny, "pi05": pi05}
+
+
+def get_preset(name: str) -> VlaConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}") from None

@@ -1,0 +1,162 @@
+"""The model directory's JSON manifest: what engines exist, their I/O contract and checksums.
+
+A model directory holds ``manifest.json`` next to its engine files, for example::
+
+    models/tiny/
+      manifest.json
+      policy.safetensors          (PyTorch weights; training/export only)
+      vision.onnx, action_expert.onnx                 (precision "fp32")
+      vision.int8.onnx, action_expert.int8.onnx       (precision "int8")
+
+Loading checks every listed file against its size and SHA-256, and the recorded I/O against the
+spec derived from the recorded config, so a stale or corrupt file is named before any backend
+touches it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+from vla_inference.model.config import VlaConfig
+from vla_inference.model.engine_spec import ENGINES, EngineSpec, TensorSpec, engine_specs
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ModelDirError(RuntimeError):
+    """A model directory that cannot be served: missing file, corrupt file, or manifest mismatch."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_entry(model_dir: Path, filename: str) -> Dict[str, object]:
+    path = model_dir / filename
+    if not path.is_file():
+        raise ModelDirError(f"{path}: file not found")
+    return {"file": filename, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def write_manifest(
+    model_dir: Path,
+    cfg: VlaConfig,
+    engines: Mapping[str, Mapping[str, str]],
+    weights_file: Optional[str] = None,
+    extra: Optional[Mapping[str, object]] = None,
+) -> Path:
+    """Record ``engines`` ({precision: {engine name: file name}}) with checksums and I/O specs."""
+    model_dir = Path(model_dir)
+    specs = engine_specs(cfg)
+    data: Dict[str, object] = {
+        "format_version": FORMAT_VERSION,
+        "preset": cfg.preset,
+        "config": cfg.to_dict(),
+        "engines": {},
+    }
+    for precision, files in engines.items():
+        if set(files) != set(ENGINES):
+            raise ValueError(f"precision {precision!r}: expected engines {list(ENGINES)}, got {sorted(files)}")
+        entry = {}
+        for name, filename in files.items():
+            record = _file_entry(model_dir, filename)
+            record["inputs"] = [t.to_dict() for t in specs[name].inputs]
+            record["outputs"] = [t.to_dict() for t in specs[name].outputs]
+            entry[name] = record
+        data["engines"][precision] = entry  # type: ignore[index]
+    if weights_file is not None:
+        data["weights"] = _file_entry(model_dir, weights_file)
+    if extra:
+        data.update(extra)
+    path = model_dir / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class EngineFile:
+    path: Path
+    spec: EngineSpec
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_dir: Path
+    config: VlaConfig
+    engines: Dict[str, Dict[str, EngineFile]]
+    raw: Dict[str, object]
+
+    @property
+    def precisions(self) -> tuple:
+        return tuple(self.engines)
+
+    def engine(self, precision: str, name: str) -> EngineFile:
+        if precision not in self.engines:
+            raise ModelDirError(
+                f"{self.model_dir / MANIFEST_NAME}: no precision {precision!r}; available {list(self.engines)}"
+            )
+        return self.engines[precision][name]
+
+    @property
+    def weights_path(self) -> Optional[Path]:
+        weights = self.raw.get("weights")
+        return self.model_dir / weights["file"] if isinstance(weights, dict) else None  # type: ignore[index]
+
+
+def load_manifest(model_dir: Path, verify_checksums: bool = True) -> Manifest:
+    """Read and verify a model directory; raises ``ModelDirError`` naming the file and the mismatch."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_NAME
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: model directory not found")
+    if not path.is_file():
+        raise ModelDirError(f"{path}: manifest not found")
+    try:
+        raw = json.loads(path.read_text())
+        version = raw["format_version"]
+        cfg = VlaConfig.from_dict(raw["config"])
+        recorded_engines = raw["engines"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelDirError(f"{path}: unreadable manifest ({exc})") from exc
+    if version != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: format_version {version}, this runtime reads {FORMAT_VERSION}")
+    specs = engine_specs(cfg)
+    engines: Dict[str, Dict[str, EngineFile]] = {}
+    for precision, entry in recorded_engines.items():
+        engines[precision] = {}
+        for name in ENGINES:
+            if name not in entry:
+                raise ModelDirError(f"{path}: precision {precision!r} lacks engine {name!r}")
+            record = entry[name]
+            file_path = model_dir / record["file"]
+            _check_io(path, precision, name, record, specs[name])
+            if not file_path.is_file():
+                raise ModelDirError(f"{file_path}: engine file listed in the manifest is missing")
+            size = file_path.stat().st_size
+            if size != record["bytes"]:
+                raise ModelDirError(f"{file_path}: size {size} bytes, manifest says {record['bytes']}")
+            if verify_checksums and sha256_of(file_path) != record["sha256"]:
+                raise ModelDirError(f"{file_path}: SHA-256 differs from the manifest (corrupt or replaced file)")
+            engines[precision][name] = EngineFile(file_path, specs[name], record["sha256"])
+    if not engines:
+        raise ModelDirError(f"{path}: lists no engines")
+    return Manifest(model_dir, cfg, engines, raw)
+
+
+def _check_io(path: Path, precision: str, name: str, record: Mapping[str, object], spec: EngineSpec) -> None:
+    for kind, expected in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        recorded = tuple(TensorSpec.from_dict(t) for t in record.get(kind, []))  # type: ignore[union-attr]
+        if recorded != expected:
+            raise ModelDirError(
+                f"{path}: {precision}/{name} {kind} {[t.to_dict() for t in recorded]} do not match "
+                f"the config's contract {[t.to_dict() for t in expected]}"
+            )
