@@ -1,0 +1,83 @@
+"""What the pipeline consumes: one robot observation, already in model units.
+
+Nodes and the synthetic task build an ``Observation``; ``vision_feeds`` turns a batch of them into
+the ``vision`` engine's inputs (see ``vla_inference.model.engine_spec``), so every backend and the
+training code see exactly the same tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from vla_inference.model.config import VlaConfig
+from vla_inference.model.engine_spec import normalize_images
+from vla_inference.model.tokenizer import tokenize
+
+
+@dataclass
+class Observation:
+    """images: RGB uint8 [H, W, 3] at the model's image size, one per camera present (1..max_cameras);
+    lidar_range: float32 [rows, cols] metres (0 = no return) or None; state: float32 [state_dim]."""
+
+    images: Sequence[np.ndarray]
+    text: str
+    state: np.ndarray
+    lidar_range: Optional[np.ndarray] = None
+
+    def validate(self, cfg: VlaConfig) -> None:
+        """Raise ``ValueError`` naming the field, expected and received values."""
+        size = cfg.vision.image_size
+        if not 1 <= len(self.images) <= cfg.max_cameras:
+            raise ValueError(f"images: expected 1..{cfg.max_cameras} cameras, received {len(self.images)}")
+        for i, image in enumerate(self.images):
+            if not isinstance(image, np.ndarray) or image.shape != (size, size, 3) or image.dtype != np.uint8:
+                got = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
+                raise ValueError(f"images[{i}]: expected uint8 ({size}, {size}, 3), received {got}")
+        state = np.asarray(self.state)
+        if state.shape != (cfg.state_dim,):
+            raise ValueError(f"state: expected shape ({cfg.state_dim},), received {state.shape}")
+        if not np.isfinite(state).all():
+            raise ValueError("state: contains NaN or Inf")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError("text: expected a non-empty string")
+        if self.lidar_range is not None:
+            lidar = self.lidar_range
+            expected = (cfg.lidar.rows, cfg.lidar.cols)
+            if not isinstance(lidar, np.ndarray) or lidar.shape != expected:
+                raise ValueError(f"lidar_range: expected shape {expected}, received {getattr(lidar, 'shape', None)}")
+            if not np.isfinite(lidar).all():
+                raise ValueError("lidar_range: contains NaN or Inf")
+
+
+def vision_feeds(observations: Sequence[Observation], cfg: VlaConfig) -> Dict[str, np.ndarray]:
+    """Batch observations into the ``vision`` engine's named inputs (absent cameras/LiDAR masked)."""
+    n = len(observations)
+    size = cfg.vision.image_size
+    images = np.zeros((n, cfg.max_cameras, 3, size, size), dtype=np.float32)
+    camera_mask = np.zeros((n, cfg.max_cameras), dtype=bool)
+    lidar = np.zeros((n, 1, cfg.lidar.rows, cfg.lidar.cols), dtype=np.float32)
+    lidar_mask = np.zeros((n,), dtype=bool)
+    tokens = np.zeros((n, cfg.text_max_len), dtype=np.int64)
+    text_mask = np.zeros((n, cfg.text_max_len), dtype=bool)
+    state = np.zeros((n, cfg.state_dim), dtype=np.float32)
+    for b, obs in enumerate(observations):
+        obs.validate(cfg)
+        count = len(obs.images)
+        images[b, :count] = normalize_images(np.stack(obs.images))
+        camera_mask[b, :count] = True
+        if obs.lidar_range is not None:
+            lidar[b, 0] = obs.lidar_range
+            lidar_mask[b] = True
+        tokens[b], text_mask[b] = tokenize(obs.text, cfg.text_max_len)
+        state[b] = obs.state
+    return {
+        "images": images,
+        "camera_mask": camera_mask,
+        "lidar_range": lidar,
+        "lidar_mask": lidar_mask,
+        "text_tokens": tokens,
+        "text_mask": text_mask,
+        "state": state,
+    }
