@@ -13,6 +13,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/models/tiny", [f for f in glob("models/tiny/*") if not f.endswith(".png")]),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -21,6 +22,8 @@ setup(
     description="ROS 2 serving layer for Vision-Language-Action policies",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "vla_inference_node = vla_inference.nodes.inference_node:main",
+        ],
     },
 )

@@ -24,11 +24,25 @@ from vla_inference.model.config import VlaConfig
 from vla_inference.model.engine_spec import ENGINES, EngineSpec, TensorSpec, engine_specs
 
 MANIFEST_NAME = "manifest.json"
+SHIPPED_MODEL = "tiny"
 FORMAT_VERSION = 1
 
 
 class ModelDirError(RuntimeError):
     """A model directory that cannot be served: missing file, corrupt file, or manifest mismatch."""
+
+
+def shipped_model_dir() -> Path:
+    """The policy shipped with the package: installed share/ first, then the source tree."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        installed = Path(get_package_share_directory("vla_inference")) / "models" / SHIPPED_MODEL
+        if (installed / MANIFEST_NAME).is_file():
+            return installed
+    except (ImportError, PackageNotFoundError):
+        pass
+    return Path(__file__).resolve().parents[2] / "models" / SHIPPED_MODEL
 
 
 def sha256_of(path: Path) -> str:

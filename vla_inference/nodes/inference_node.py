@@ -1,0 +1,313 @@
+"""vla_inference_node: the lifecycle node serving /vla/inference.
+
+A thin shell: it translates parameters and messages; the request contract lives in
+``vla_inference.serving.inference_server`` and the model in ``vla_inference.runtime``.
+
+Lifecycle:
+  configure  -> validate parameters, load the backend, warm it up (FAILURE + one log line on error)
+  activate   -> start the worker and answer requests
+  deactivate -> stop accepting; the running request still gets its response, the waiting one NOT_READY
+  cleanup    -> release the backend
+Requests that arrive while the node is configured but inactive are answered NOT_READY on both the
+topic and the service. The response publisher is a plain publisher (not a lifecycle one) precisely so
+those answers are not silently swallowed.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, List, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from vla_msgs.msg import InferenceRequest, InferenceResponse
+from vla_msgs.srv import Infer
+
+from vla_inference import contract
+from vla_inference.nodes.parameters import declare
+from vla_inference.runtime.manifest import shipped_model_dir
+from vla_inference.serving.inference_server import InferenceServer, Reply, RequestPayload, ServerSettings, Status
+from vla_inference.serving.request_validator import RequestValidator, ValidationLimits
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
+AT_CONFIGURE = ("num_samples", "pipelining")
+SERVICE_TIMEOUT_S = 60.0
+
+
+class InferenceNode(LifecycleNode):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vla_inference_node", **kwargs)
+        self._declare_parameters()
+        self._server: Optional[InferenceServer] = None
+        self._pipeline: Any = None
+        self._active = False
+        self._state_label = "unconfigured"
+        self._request_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._request_sub = None
+        self._response_pub = None
+        self._service = None
+        self._publish_lock = threading.Lock()
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._timer_group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- parameters --------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        declare(self, "backend", "onnxruntime", "Runtime: onnxruntime (CPU default), tensorrt or torch.",
+                read_only=True, choices=BACKENDS)
+        declare(self, "model_dir", "", "Model directory with manifest.json; empty = the shipped tiny policy.",
+                read_only=True)
+        declare(self, "precision", "fp32", "Engine precision listed in the manifest (fp32, int8, ...).",
+                read_only=True)
+        declare(self, "device", "cpu", "Device for the torch backend (cpu, cuda) and ONNX Runtime (cpu, cuda).",
+                read_only=True)
+        declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache.", read_only=True)
+        declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads.", int_range=(1, 64), read_only=True)
+        declare(self, "camera_names", ["front", "left", "right"],
+                "Cameras, in the order requests carry their images; the count every request must match.",
+                read_only=True)
+        declare(self, "image_resize_mode", "stretch",
+                "How request images of another size reach 224x224: stretch, letterbox or center_crop.",
+                read_only=True, choices=("stretch", "letterbox", "center_crop"))
+        declare(self, "denoising_steps", 10,
+                "Euler steps of the action expert; live, applies from the next request; a request's non-zero "
+                "denoising_steps overrides it.", int_range=(1, contract.MAX_DENOISING_STEPS))
+        declare(self, "max_request_rate_hz", 5.0, "Accepted requests per second at most; faster ones are rejected "
+                "with retry_after_ms. Live.", float_range=(0.1, 100.0))
+        declare(self, "num_samples", 4, "Action chunks sampled per request (batch); their spread gives confidence. "
+                "Changeable while unconfigured.", int_range=(1, 32))
+        declare(self, "deadline_ms", 500.0, "Inference slower than this is answered DEADLINE_EXCEEDED (actions "
+                "included). Live.", float_range=(1.0, 60000.0))
+        declare(self, "seed", 0, "Base seed of the flow-matching noise (per request: seed and request_id). Live.",
+                int_range=(0, 2**31 - 1))
+        declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising. "
+                "Changeable while unconfigured.")
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name in AT_CONFIGURE and self._pipeline is not None:
+                return SetParametersResult(successful=False,
+                                           reason=f"{param.name} applies at configure: clean up the node first")
+        if self._server is not None:
+            live = {p.name: p.value for p in params if p.name in LIVE}
+            if live:
+                self._server.update_settings(**live)
+        return SetParametersResult(successful=True)
+
+    def _settings(self) -> ServerSettings:
+        return ServerSettings(
+            denoising_steps=int(self._param("denoising_steps")),
+            max_request_rate_hz=float(self._param("max_request_rate_hz")),
+            deadline_ms=float(self._param("deadline_ms")),
+            seed=int(self._param("seed")),
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._pipeline, config = self._load_pipeline()
+        except Exception as exc:  # noqa: BLE001 - one clear line, back to unconfigured
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        limits = ValidationLimits(
+            num_cameras=len(self._param("camera_names")),
+            state_dim=config.state_dim,
+            lidar_rows=config.lidar.rows,
+            lidar_cols=config.lidar.cols,
+            image_size=config.vision.image_size,
+            resize_mode=self._param("image_resize_mode"),
+        )
+        self._server = InferenceServer(self._pipeline, RequestValidator(limits), self._settings())
+        self._response_pub = self.create_publisher(InferenceResponse, contract.RESPONSE_TOPIC, contract.INFERENCE_QOS)
+        self._request_sub = self.create_subscription(
+            InferenceRequest, contract.REQUEST_TOPIC, self._on_request, contract.INFERENCE_QOS,
+            callback_group=self._request_group)
+        self._service = self.create_service(Infer, contract.INFER_SERVICE, self._on_infer,
+                                            callback_group=self._service_group)
+        self._state_label = "inactive"
+        self.get_logger().info(
+            f"configured: backend={self._param('backend')} model={config.preset} "
+            f"cameras={list(self._param('camera_names'))} steps={self._param('denoising_steps')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_pipeline(self) -> tuple:
+        from vla_inference.runtime.backends import create_backend
+        from vla_inference.runtime.manifest import load_manifest
+        from vla_inference.runtime.pipeline import InferencePipeline
+
+        model_dir = Path(self._param("model_dir") or shipped_model_dir())
+        manifest = load_manifest(model_dir)
+        cameras = len(self._param("camera_names"))
+        if not 1 <= cameras <= manifest.config.max_cameras:
+            raise ValueError(f"camera_names: {cameras} cameras, the model takes 1..{manifest.config.max_cameras}")
+        backend = create_backend(
+            self._param("backend"),
+            manifest,
+            precision=self._param("precision"),
+            device=self._param("device"),
+            intra_op_threads=int(self._param("intra_op_threads")),
+            engine_cache_dir=self._param("engine_cache_dir") or None,
+        )
+        pipeline = InferencePipeline(
+            backend,
+            manifest.config,
+            num_samples=int(self._param("num_samples")),
+            pipelining=bool(self._param("pipelining")),
+        )
+        return pipeline, manifest.config
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._server.start()
+        self._active = True
+        self._state_label = "active"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._state_label = "inactive"
+        if self._server is not None:
+            self._server.stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state_label = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error raised in state {state.label}; releasing the backend")
+        self._teardown()
+        self._state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self._active = False
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        for entity, destroy in ((self._request_sub, self.destroy_subscription),
+                                (self._service, self.destroy_service),
+                                (self._response_pub, self.destroy_publisher)):
+            if entity is not None:
+                destroy(entity)
+        self._request_sub = self._service = self._response_pub = None
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+
+    # -- requests ------------------------------------------------------------------------------
+    def _on_request(self, msg: InferenceRequest) -> None:
+        self._handle(msg, self._publish_reply(msg))
+
+    def _on_infer(self, request: Infer.Request, response: Infer.Response) -> Infer.Response:
+        done = threading.Event()
+        holder: List[InferenceResponse] = []
+
+        def reply(result: Reply) -> None:
+            holder.append(self._to_msg(request.request, result))
+            done.set()
+
+        self._handle(request.request, reply)
+        if not done.wait(SERVICE_TIMEOUT_S):
+            holder.append(self._to_msg(request.request, Reply(
+                request.request.request_id, Status.INTERNAL_ERROR, f"no result within {SERVICE_TIMEOUT_S:g} s")))
+        response.response = holder[0]
+        return response
+
+    def _handle(self, msg: InferenceRequest, reply: Any) -> None:
+        server = self._server
+        if server is None or not self._active:
+            reply(Reply(msg.request_id, Status.NOT_READY, f"node is {self._state_label}, not active"))
+            return
+        payload = RequestPayload(
+            images=msg.sensor_data.images,
+            lidar_range=msg.sensor_data.lidar_range,
+            text=msg.text_cmd,
+            state=msg.sensor_data.state,
+            denoising_steps=msg.denoising_steps,
+        )
+        server.submit(msg.request_id, payload, reply)
+
+    def _publish_reply(self, msg: InferenceRequest) -> Any:
+        def reply(result: Reply) -> None:
+            response = self._to_msg(msg, result)
+            publisher = self._response_pub
+            if publisher is None:
+                self.get_logger().warning(f"request {result.request_id}: no publisher left for its response")
+                return
+            with self._publish_lock:
+                publisher.publish(response)
+
+        return reply
+
+    def _to_msg(self, request: InferenceRequest, result: Reply) -> InferenceResponse:
+        response = InferenceResponse(
+            request_id=result.request_id,
+            status=int(result.status),
+            message=result.message,
+            confidence=float(result.confidence),
+            denoising_steps=int(result.denoising_steps),
+            latency_ms=float(result.latency_ms),
+            retry_after_ms=int(result.retry_after_ms),
+        )
+        response.header.stamp = self.get_clock().now().to_msg()
+        response.header.frame_id = request.header.frame_id
+        if result.actions is not None:
+            actions = np.ascontiguousarray(result.actions, dtype=np.float32)
+            response.action_horizon, response.action_dim = (int(n) for n in actions.shape)
+            response.action_seq = actions.ravel()
+        return response
+
+    # -- diagnostics -----------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name="vla_inference_node: inference", hardware_id=str(self._param("backend")))
+        status.level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
+        status.message = self._state_label
+        values = {
+            "lifecycle_state": self._state_label,
+            "backend": str(self._param("backend")),
+            "denoising_steps": str(self._param("denoising_steps")),
+        }
+        if self._server is not None:
+            values.update(self._server.stats.snapshot())
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+
+def main(args: Optional[list] = None) -> None:
+    rclpy.init(args=args)
+    node = InferenceNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._teardown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

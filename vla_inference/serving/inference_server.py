@@ -1,0 +1,220 @@
+"""The serving core behind the lifecycle node: rate limiter -> validator -> one-slot queue -> worker.
+
+Plain Python (no rclpy) so the whole request contract is testable alone:
+
+* every submitted request is answered exactly once through its ``reply`` callback;
+* at most ``max_request_rate_hz`` requests are accepted; a faster one is answered
+  ``REJECTED_RATE_LIMIT`` with ``retry_after_ms``;
+* one request runs, at most one waits; a newer accepted request replaces the waiting one, which is
+  answered ``SUPERSEDED``;
+* ``submit`` never waits for inference: it validates (O(size of the images)) and hands the job to
+  the worker thread;
+* an inference that finishes after ``deadline_ms`` is answered ``DEADLINE_EXCEEDED`` with its actions;
+* a failure inside the backend is answered ``INTERNAL_ERROR`` and the worker keeps serving;
+* ``stop`` answers the waiting request ``NOT_READY`` and lets the running one finish.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from vla_inference.runtime.observation import Observation
+from vla_inference.serving.latency_stats import LatencyStats
+from vla_inference.serving.rate_limiter import RateLimiter
+from vla_inference.serving.request_slot import RequestSlot
+from vla_inference.serving.request_validator import (
+    InvalidRequestError,
+    RequestValidator,
+    ValidatedRequest,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+class Status(enum.IntEnum):
+    """Mirror of ``vla_msgs/InferenceResponse`` status constants (a test keeps them equal)."""
+
+    OK = 0
+    REJECTED_RATE_LIMIT = 1
+    SUPERSEDED = 2
+    INVALID_REQUEST = 3
+    NOT_READY = 4
+    DEADLINE_EXCEEDED = 5
+    INTERNAL_ERROR = 6
+
+
+@dataclass
+class Reply:
+    request_id: int
+    status: Status
+    message: str = ""
+    actions: Optional[np.ndarray] = None
+    confidence: float = 0.0
+    denoising_steps: int = 0
+    latency_ms: float = 0.0
+    retry_after_ms: int = 0
+
+
+ReplyFn = Callable[[Reply], None]
+
+
+@dataclass
+class ServerSettings:
+    """Values the node may change while active; read once per request."""
+
+    denoising_steps: int = 10
+    max_request_rate_hz: float = 5.0
+    deadline_ms: float = 1000.0
+    seed: int = 0
+
+
+@dataclass
+class _Job:
+    request_id: int
+    received_at: float
+    reply: ReplyFn
+    request: ValidatedRequest = field(repr=False)
+    steps: int = 0
+
+
+class InferenceServer:
+    """Owns the worker thread that runs ``pipeline.infer`` for accepted requests."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        validator: RequestValidator,
+        settings: ServerSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pipeline = pipeline
+        self._validator = validator
+        self._settings = settings
+        self._clock = clock
+        self._limiter = RateLimiter(settings.max_request_rate_hz)
+        self._slot = RequestSlot()
+        self.stats = LatencyStats()
+        self._worker: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self._settings
+
+    def update_settings(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            if not hasattr(self._settings, name):
+                raise AttributeError(f"unknown server setting {name!r}")
+            setattr(self._settings, name, value)
+        if "max_request_rate_hz" in changes:
+            self._limiter.set_rate(changes["max_request_rate_hz"])
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._worker is not None:
+            return
+        self._stopping.clear()
+        self._slot = RequestSlot()
+        self._worker = threading.Thread(target=self._run, name="vla-inference-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting; answer the waiting job NOT_READY; let the running one finish."""
+        self._stopping.set()
+        for job in self._slot.close():
+            self._answer(job.reply, Reply(job.request_id, Status.NOT_READY, "server is shutting down"), job)
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+            if self._worker.is_alive():
+                LOG.error("inference worker did not stop within %.1f s", timeout_s)
+            self._worker = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    # -- requests --------------------------------------------------------------------------
+    def reject_not_ready(self, request_id: int, reply: ReplyFn, why: str) -> None:
+        self._answer(reply, Reply(request_id, Status.NOT_READY, why), None)
+
+    def submit(self, request_id: int, payload: Any, reply: ReplyFn) -> None:
+        """Answer now (rate limit, invalid, superseded) or queue for the worker. Never blocks on inference."""
+        received_at = self._clock()
+        if not self.running:
+            self._answer(reply, Reply(request_id, Status.NOT_READY, "server is not active"), None)
+            return
+        accepted, retry_after_s = self._limiter.try_acquire(received_at)
+        if not accepted:
+            retry_ms = max(1, int(np.ceil(retry_after_s * 1000.0)))
+            message = f"over {self._settings.max_request_rate_hz:g} Hz; retry in {retry_ms} ms"
+            self._answer(reply, Reply(request_id, Status.REJECTED_RATE_LIMIT, message, retry_after_ms=retry_ms), None)
+            return
+        self.stats.record_accepted(received_at)
+        try:
+            request = self._validator.validate(payload)
+        except InvalidRequestError as exc:
+            self._answer(reply, Reply(request_id, Status.INVALID_REQUEST, str(exc)), None, received_at)
+            return
+        job = _Job(request_id, received_at, reply, request)
+        superseded = self._slot.offer(job)
+        if superseded is not None:
+            message = f"superseded by request {request_id}"
+            self._answer(superseded.reply, Reply(superseded.request_id, Status.SUPERSEDED, message), superseded)
+
+    # -- worker ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            job = self._slot.take(timeout=0.1)
+            if job is None:
+                continue
+            try:
+                self._answer(job.reply, self._infer(job), job)
+            finally:
+                self._slot.finish()
+
+    def _infer(self, job: _Job) -> Reply:
+        settings = self._settings
+        steps = job.request.denoising_steps or settings.denoising_steps
+        observation = Observation(
+            images=job.request.images,
+            text=job.request.text,
+            state=job.request.state,
+            lidar_range=job.request.lidar_range,
+        )
+        seed = (settings.seed * 1_000_003 + job.request_id) % (2**32)
+        try:
+            chunk = self._pipeline.infer(observation, steps=steps, seed=seed)
+        except ValueError as exc:
+            return Reply(job.request_id, Status.INVALID_REQUEST, str(exc), denoising_steps=steps)
+        except Exception as exc:  # noqa: BLE001 - any backend failure becomes a response, never a dead worker
+            LOG.exception("inference failed for request %d", job.request_id)
+            return Reply(job.request_id, Status.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", denoising_steps=steps)
+        elapsed_ms = (self._clock() - job.received_at) * 1000.0
+        status = Status.OK
+        message = ""
+        if elapsed_ms > settings.deadline_ms:
+            status = Status.DEADLINE_EXCEEDED
+            message = f"finished after {elapsed_ms:.1f} ms, deadline {settings.deadline_ms:g} ms"
+        return Reply(
+            job.request_id,
+            status,
+            message,
+            actions=chunk.actions,
+            confidence=float(chunk.confidence),
+            denoising_steps=steps,
+        )
+
+    def _answer(self, reply: ReplyFn, response: Reply, job: Optional[_Job], received_at: Optional[float] = None) -> None:
+        start = job.received_at if job is not None else (received_at if received_at is not None else self._clock())
+        response.latency_ms = (self._clock() - start) * 1000.0
+        self.stats.record_response(response.status.name, response.latency_ms if response.actions is not None else None)
+        try:
+            reply(response)
+        except Exception:  # noqa: BLE001 - a failing transport must not stop the server
+            LOG.exception("could not send the response to request %d", response.request_id)
