@@ -1,0 +1,250 @@
+"""Decode ``sensor_msgs/Image``- and ``CompressedImage``-style fields into RGB uint8 [H, W, 3].
+
+Plain Python on purpose (no rclpy): the camera adapter and the request validator call it with a
+message's attributes, and the tests call it with ``types.SimpleNamespace`` objects.
+
+Every field is checked in O(1) before ``data`` is read, because malformed frames (wrong ``step``,
+truncated ``data``, unknown encodings, absurd sizes) are a known way to crash ROS nodes. Failures raise
+``ImageDecodeError`` naming the field, the expected value and the received one.
+
+Layout rules of ``decode_image``:
+
+* ``step`` may exceed ``width * bytes_per_pixel`` (row padding, as some camera drivers send); each
+  row is cropped to its pixels. ``data`` may be longer than ``height * step``; the excess is ignored.
+  ``exact_layout=True`` refuses both, for contracts that promise unpadded, exact buffers
+  (``vla_msgs/SensorData``).
+* ``mono16`` becomes 8 bit by keeping the high byte (``value >> 8``): a fixed, frame-independent
+  mapping of the full 16-bit range, so brightness never jumps between frames the way per-frame
+  min/max normalisation would. ``is_bigendian`` selects the byte order of the 16-bit samples.
+* The result aliases ``data`` when no conversion is needed (unpadded ``rgb8``) and is then read-only
+  when ``data`` is immutable; callers that write into it copy first.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Tuple
+
+import cv2
+import numpy as np
+
+MAX_IMAGE_DIM = 8192
+
+BYTES_PER_PIXEL = {
+    "rgb8": 3,
+    "bgr8": 3,
+    "rgba8": 4,
+    "bgra8": 4,
+    "mono8": 1,
+    "mono16": 2,
+}
+SUPPORTED_ENCODINGS = tuple(BYTES_PER_PIXEL)
+
+COMPRESSED_CODECS = ("jpeg", "jpg", "png")
+
+_TO_RGB = {
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+}
+
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xD9)))
+# Real encoders put a handful of segments (APPn, DQT, DHT) before the frame header; the cap keeps a
+# hostile stream of tiny segments from turning the header scan into a long Python loop.
+_MAX_JPEG_SEGMENTS = 256
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageDecodeError(ValueError):
+    """A field of an image message is unusable; ``field`` names it (with any caller prefix)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _field(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def as_byte_view(data: Any, field: str = "data") -> memoryview:
+    """A flat unsigned-byte memoryview of ``data`` (bytes, bytearray, array.array, numpy), no copy."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ImageDecodeError(field, f"expected a bytes-like object, received {type(data).__name__}") from None
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if not view.c_contiguous:
+        raise ImageDecodeError(field, "expected a contiguous buffer")
+    return view.cast("B")
+
+
+def _as_dimension(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise ImageDecodeError(field, f"expected an integer, received {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ImageDecodeError(field, f"expected an integer, received {type(value).__name__}") from None
+
+
+def check_image_layout(
+    encoding: Any,
+    height: Any,
+    width: Any,
+    step: Any,
+    data_nbytes: int,
+    *,
+    field_prefix: str = "",
+    exact_layout: bool = False,
+    max_dim: int = MAX_IMAGE_DIM,
+) -> Tuple[str, int, int, int]:
+    """Check the fields in O(1); return (encoding, height, width, step) as clean values."""
+    if not isinstance(encoding, str) or encoding not in BYTES_PER_PIXEL:
+        raise ImageDecodeError(
+            _field(field_prefix, "encoding"),
+            f"expected one of {', '.join(SUPPORTED_ENCODINGS)}, received {encoding!r}",
+        )
+    height = _as_dimension(height, _field(field_prefix, "height"))
+    width = _as_dimension(width, _field(field_prefix, "width"))
+    step = _as_dimension(step, _field(field_prefix, "step"))
+    for name, value in (("height", height), ("width", width)):
+        if not 1 <= value <= max_dim:
+            raise ImageDecodeError(_field(field_prefix, name), f"expected 1..{max_dim}, received {value}")
+    row_bytes = width * BYTES_PER_PIXEL[encoding]
+    if exact_layout and step != row_bytes:
+        raise ImageDecodeError(
+            _field(field_prefix, "step"),
+            f"expected {row_bytes} (width {width} x {BYTES_PER_PIXEL[encoding]} bytes for {encoding}), "
+            f"received {step}",
+        )
+    if step < row_bytes:
+        raise ImageDecodeError(
+            _field(field_prefix, "step"),
+            f"expected >= {row_bytes} (width {width} x {BYTES_PER_PIXEL[encoding]} bytes for {encoding}), "
+            f"received {step}",
+        )
+    needed = height * step
+    if exact_layout and data_nbytes != needed:
+        raise ImageDecodeError(
+            _field(field_prefix, "data"),
+            f"expected {needed} bytes (height {height} x step {step}), received {data_nbytes}",
+        )
+    if data_nbytes < needed:
+        raise ImageDecodeError(
+            _field(field_prefix, "data"),
+            f"expected >= {needed} bytes (height {height} x step {step}), received {data_nbytes}",
+        )
+    return encoding, height, width, step
+
+
+def decode_image(
+    encoding: Any,
+    height: Any,
+    width: Any,
+    step: Any,
+    data: Any,
+    is_bigendian: Any = False,
+    *,
+    field_prefix: str = "",
+    exact_layout: bool = False,
+    max_dim: int = MAX_IMAGE_DIM,
+) -> np.ndarray:
+    """Raw image fields -> RGB uint8 [height, width, 3]; raises ``ImageDecodeError`` naming the field."""
+    view = as_byte_view(data, _field(field_prefix, "data"))
+    encoding, height, width, step = check_image_layout(
+        encoding, height, width, step, view.nbytes,
+        field_prefix=field_prefix, exact_layout=exact_layout, max_dim=max_dim,
+    )
+    bpp = BYTES_PER_PIXEL[encoding]
+    if encoding == "mono16":
+        sample = np.dtype(">u2" if is_bigendian else "<u2")
+        mono16 = np.ndarray((height, width), dtype=sample, buffer=view, strides=(step, bpp))
+        return cv2.cvtColor((mono16 >> 8).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    if encoding == "mono8":
+        pixels = np.ndarray((height, width), dtype=np.uint8, buffer=view, strides=(step, 1))
+    else:
+        pixels = np.ndarray((height, width, bpp), dtype=np.uint8, buffer=view, strides=(step, bpp, 1))
+    if encoding == "rgb8":
+        return np.ascontiguousarray(pixels)
+    return cv2.cvtColor(np.ascontiguousarray(pixels), _TO_RGB[encoding])
+
+
+def decode_image_msg(msg: Any, *, field_prefix: str = "", exact_layout: bool = False,
+                     max_dim: int = MAX_IMAGE_DIM) -> np.ndarray:
+    """``decode_image`` on any object with Image's attributes (an rclpy message, a SimpleNamespace)."""
+    return decode_image(
+        msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+        field_prefix=field_prefix, exact_layout=exact_layout, max_dim=max_dim,
+    )
+
+
+def _compressed_dimensions(view: memoryview) -> Optional[Tuple[int, int]]:
+    """(height, width) from a PNG or JPEG header without decoding; None when neither is found."""
+    head = bytes(view[:24])
+    if head.startswith(_PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos, size = 2, view.nbytes
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        if pos + 4 > size or view[pos] != 0xFF:
+            return None
+        marker = view[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in _JPEG_SOF_MARKERS:
+            if pos + 9 > size:
+                return None
+            return ((view[pos + 5] << 8) | view[pos + 6]), ((view[pos + 7] << 8) | view[pos + 8])
+        length = (view[pos + 2] << 8) | view[pos + 3]
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def decode_compressed(
+    image_format: Any,
+    data: Any,
+    *,
+    field_prefix: str = "",
+    max_dim: int = MAX_IMAGE_DIM,
+) -> np.ndarray:
+    """``CompressedImage`` fields (``image_format`` like "jpeg" or "bgr8; png compressed bgr8") -> RGB uint8.
+
+    The header is read first so an image announcing absurd dimensions is refused before OpenCV
+    allocates for it. ``compressedDepth`` streams (depth images with an extra header) are refused.
+    """
+    format_field = _field(field_prefix, "format")
+    data_field = _field(field_prefix, "data")
+    if not isinstance(image_format, str):
+        raise ImageDecodeError(format_field, f"expected a string, received {type(image_format).__name__}")
+    lowered = image_format.lower()
+    if "compresseddepth" in lowered or not any(codec in lowered for codec in COMPRESSED_CODECS):
+        raise ImageDecodeError(format_field, f"expected a jpeg or png format, received {image_format!r}")
+    view = as_byte_view(data, data_field)
+    if view.nbytes == 0:
+        raise ImageDecodeError(data_field, "expected a compressed image, received 0 bytes")
+    dims = _compressed_dimensions(view)
+    if dims is None:
+        raise ImageDecodeError(data_field, "expected a JPEG or PNG stream, found no readable header")
+    for name, value in zip(("height", "width"), dims):
+        if not 1 <= value <= max_dim:
+            raise ImageDecodeError(data_field, f"{name} in header: expected 1..{max_dim}, received {value}")
+    bgr = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageDecodeError(data_field, f"OpenCV could not decode the {view.nbytes}-byte stream")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_compressed_msg(msg: Any, *, field_prefix: str = "", max_dim: int = MAX_IMAGE_DIM) -> np.ndarray:
+    """``decode_compressed`` on any object with CompressedImage's ``format`` and ``data``."""
+    return decode_compressed(msg.format, msg.data, field_prefix=field_prefix, max_dim=max_dim)
