@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -30,6 +30,7 @@ from vla_msgs.msg import InferenceRequest, InferenceResponse
 from vla_msgs.srv import Infer
 
 from vla_inference import contract
+from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.parameters import declare
 from vla_inference.runtime.manifest import shipped_model_dir
 from vla_inference.serving.inference_server import InferenceServer, Reply, RequestPayload, ServerSettings, Status
@@ -278,20 +279,16 @@ class InferenceNode(LifecycleNode):
 
     # -- diagnostics -----------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name="vla_inference_node: inference", hardware_id=str(self._param("backend")))
-        status.level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
-        status.message = self._state_label
         values = {
             "lifecycle_state": self._state_label,
-            "backend": str(self._param("backend")),
-            "denoising_steps": str(self._param("denoising_steps")),
+            "backend": self._param("backend"),
+            "denoising_steps": self._param("denoising_steps"),
         }
         if self._server is not None:
             values.update(self._server.stats.snapshot())
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(array)
+        level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
+        self._diagnostics_pub.publish(
+            diagnostic_array(self, "vla_inference_node: inference", level, self._state_label, values))
 
 
 def main(args: Optional[list] = None) -> None:
