@@ -1,0 +1,145 @@
+"""What every backend offers: a Polygraphy-style runner plus the two pipeline stages.
+
+A backend serves the two engines of one model directory (``vision`` and ``action_expert``, see
+``vla_inference.model.engine_spec``) in one precision:
+
+* ``load()`` / ``infer(engine_name, feeds)`` / ``release()``: the runner. ``infer`` checks the feeds
+  against the manifest's tensor specs (names, shapes, dtypes, finiteness) before the runtime sees
+  them, so a bad tensor is named instead of crashing inside a kernel.
+* ``prepare(num_samples, slots)`` / ``encode_prefix(feeds, slot)`` / ``denoise(prefix, noise, steps)``:
+  the two stages ``InferencePipeline`` drives. The defaults here run the Euler loop on the host
+  through ``infer``; GPU backends override them to keep tensors on the device, replay CUDA graphs
+  and put the stages on separate streams. ``slot`` names one of ``slots`` prefix buffers, so a
+  backend with static device buffers can double-buffer the prefix while the next request's
+  stage 1 runs.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Mapping, Optional
+
+import numpy as np
+
+from vla_inference.model.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs
+from vla_inference.runtime.flow import flow_schedule
+from vla_inference.runtime.manifest import Manifest
+
+
+class BackendUnavailableError(RuntimeError):
+    """The backend's runtime (a Python package or a device) is not present on this machine."""
+
+    def __init__(self, backend: str, dependency: str, detail: str = "") -> None:
+        self.backend = backend
+        self.dependency = dependency
+        message = f"backend {backend!r} is unavailable: it needs {dependency}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+@dataclass
+class HostPrefix:
+    """Stage-1 output kept in host memory, already repeated to the sample batch (K)."""
+
+    prefix_kv: np.ndarray
+    prefix_mask: np.ndarray
+
+
+class Backend(abc.ABC):
+    """Base runner. Subclasses implement ``_load``, ``_infer`` and ``_release``."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, manifest: Manifest, precision: str = "fp32", source_precision: Optional[str] = None) -> None:
+        """``source_precision`` picks the manifest's engine files when it differs from ``precision``
+        (TensorRT builds fp16 from the fp32 ONNX; PyTorch runs bf16 from fp32 weights)."""
+        self.manifest = manifest
+        self.config = manifest.config
+        self.precision = precision
+        self.source_precision = source_precision or precision
+        self.engine_files = {name: manifest.engine(self.source_precision, name) for name in ENGINES}
+        self.specs: Dict[str, EngineSpec] = {name: f.spec for name, f in self.engine_files.items()}
+        self.num_samples = 1
+        self._loaded = False
+
+    # -- runner ---------------------------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def device(self) -> str:
+        """Where the engines run: ``"cpu"`` or ``"cuda"``."""
+        return "cpu"
+
+    def load(self) -> None:
+        """Create sessions/engines; idempotent."""
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+
+    def release(self) -> None:
+        """Free sessions, device buffers and streams; idempotent."""
+        if self._loaded:
+            self._release()
+            self._loaded = False
+
+    def infer(self, engine_name: str, feeds: Mapping[str, np.ndarray], check: bool = True) -> Dict[str, np.ndarray]:
+        """Run one engine on host arrays and return its outputs as host arrays."""
+        if not self._loaded:
+            raise RuntimeError(f"backend {self.name!r}: infer() before load()")
+        if engine_name not in self.specs:
+            raise ValueError(f"engine_name: expected one of {list(ENGINES)}, received {engine_name!r}")
+        if check:
+            check_inputs(self.specs[engine_name], feeds)
+        return self._infer(engine_name, feeds)
+
+    def describe(self) -> Dict[str, Any]:
+        """What the benchmark records about this backend."""
+        return {"backend": self.name, "device": self.device, "precision": self.precision}
+
+    def __enter__(self) -> "Backend":
+        self.load()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    @abc.abstractmethod
+    def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, engine_name: str, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _release(self) -> None: ...
+
+    # -- pipeline stages ------------------------------------------------------------------------
+    def prepare(self, num_samples: int, slots: int) -> None:
+        """Fix the sample batch K and the number of prefix buffers before serving."""
+        if num_samples < 1 or slots < 1:
+            raise ValueError(f"num_samples and slots must be >= 1, received {num_samples}, {slots}")
+        self.num_samples = num_samples
+
+    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int) -> Any:
+        """Stage 1: vision engine on a batch-1 observation, prefix repeated K times (once per request)."""
+        check_inputs(self.specs[VISION], feeds)
+        out = self._infer(VISION, feeds)
+        k = self.num_samples
+        return HostPrefix(np.repeat(out["prefix_kv"], k, axis=0), np.repeat(out["prefix_mask"], k, axis=0))
+
+    def denoise(self, prefix: Any, noise: np.ndarray, steps: int) -> np.ndarray:
+        """Stage 2: Euler-integrate ``noise`` [K, H, D] from t=1 to t=0; returns float32 [K, H, D]."""
+        times, dt = flow_schedule(steps)
+        x = np.array(noise, dtype=np.float32, copy=True)
+        feeds = {
+            "noisy_actions": x,
+            "time": np.empty((x.shape[0],), dtype=np.float32),
+            "prefix_kv": prefix.prefix_kv,
+            "prefix_mask": prefix.prefix_mask,
+        }
+        check_inputs(self.specs[ACTION_EXPERT], feeds)
+        for t in times:
+            feeds["time"] = np.full((x.shape[0],), t, dtype=np.float32)
+            velocity = self._infer(ACTION_EXPERT, feeds)["velocity"]
+            x += dt * velocity
+        return x
