@@ -33,8 +33,8 @@ from vla_inference import contract
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.parameters import declare
 from vla_inference.runtime.manifest import shipped_model_dir
-from vla_inference.serving.inference_server import InferenceServer, Reply, RequestPayload, ServerSettings, Status
-from vla_inference.serving.request_validator import RequestValidator, ValidationLimits
+from vla_inference.serving.inference_server import InferenceServer, Reply, ServerSettings, Status
+from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
@@ -167,6 +167,7 @@ class InferenceNode(LifecycleNode):
             manifest.config,
             num_samples=int(self._param("num_samples")),
             pipelining=bool(self._param("pipelining")),
+            owns_backend=True,
         )
         return pipeline, manifest.config
 
@@ -238,14 +239,7 @@ class InferenceNode(LifecycleNode):
         if server is None or not self._active:
             reply(Reply(msg.request_id, Status.NOT_READY, f"node is {self._state_label}, not active"))
             return
-        payload = RequestPayload(
-            images=msg.sensor_data.images,
-            lidar_range=msg.sensor_data.lidar_range,
-            text=msg.text_cmd,
-            state=msg.sensor_data.state,
-            denoising_steps=msg.denoising_steps,
-        )
-        server.submit(msg.request_id, payload, reply)
+        server.submit(msg.request_id, RequestPayload.from_msg(msg), reply)
 
     def _publish_reply(self, msg: InferenceRequest) -> Any:
         def reply(result: Reply) -> None:

@@ -6,7 +6,9 @@ Plain Python (no rclpy) so the whole request contract is testable alone:
 * at most ``max_request_rate_hz`` requests are accepted; a faster one is answered
   ``REJECTED_RATE_LIMIT`` with ``retry_after_ms``;
 * one request runs, at most one waits; a newer accepted request replaces the waiting one, which is
-  answered ``SUPERSEDED``;
+  answered ``SUPERSEDED``. With pipelining the running request may be in either stage: the waiting
+  one starts its vision stage as soon as the running one moves on to denoising, so up to two run
+  (one per stage) and one waits;
 * ``submit`` never waits for inference: it validates (O(size of the images)) and hands the job to
   the worker thread;
 * an inference that finishes after ``deadline_ms`` is answered ``DEADLINE_EXCEEDED`` with its actions;
@@ -27,9 +29,10 @@ import numpy as np
 from vla_inference.runtime.observation import Observation
 from vla_inference.serving.latency_stats import LatencyStats
 from vla_inference.serving.rate_limiter import RateLimiter
-from vla_inference.serving.request_slot import RequestSlot
+from vla_inference.serving.request_slot import RequestSlot, SlotClosedError
 from vla_inference.serving.request_validator import (
     InvalidRequestError,
+    RequestPayload,
     RequestValidator,
     ValidatedRequest,
 )
@@ -80,7 +83,6 @@ class _Job:
     received_at: float
     reply: ReplyFn
     request: ValidatedRequest = field(repr=False)
-    steps: int = 0
 
 
 class InferenceServer:
@@ -102,6 +104,8 @@ class InferenceServer:
         self.stats = LatencyStats()
         self._worker: Optional[threading.Thread] = None
         self._stopping = threading.Event()
+        self._concurrency = 2 if getattr(pipeline, "pipelining", False) else 1
+        self._capacity = threading.Semaphore(self._concurrency)
 
     @property
     def settings(self) -> ServerSettings:
@@ -121,6 +125,7 @@ class InferenceServer:
             return
         self._stopping.clear()
         self._slot = RequestSlot()
+        self._capacity = threading.Semaphore(self._concurrency)
         self._worker = threading.Thread(target=self._run, name="vla-inference-worker", daemon=True)
         self._worker.start()
 
@@ -131,7 +136,8 @@ class InferenceServer:
             self._answer(job.reply, Reply(job.request_id, Status.NOT_READY, "server is shutting down"), job)
         if self._worker is not None:
             self._worker.join(timeout_s)
-            if self._worker.is_alive():
+            drained = all(self._capacity.acquire(timeout=timeout_s) for _ in range(self._concurrency))
+            if self._worker.is_alive() or not drained:
                 LOG.error("inference worker did not stop within %.1f s", timeout_s)
             self._worker = None
 
@@ -143,7 +149,7 @@ class InferenceServer:
     def reject_not_ready(self, request_id: int, reply: ReplyFn, why: str) -> None:
         self._answer(reply, Reply(request_id, Status.NOT_READY, why), None)
 
-    def submit(self, request_id: int, payload: Any, reply: ReplyFn) -> None:
+    def submit(self, request_id: int, payload: RequestPayload, reply: ReplyFn) -> None:
         """Answer now (rate limit, invalid, superseded) or queue for the worker. Never blocks on inference."""
         received_at = self._clock()
         if not self.running:
@@ -162,7 +168,11 @@ class InferenceServer:
             self._answer(reply, Reply(request_id, Status.INVALID_REQUEST, str(exc)), None, received_at)
             return
         job = _Job(request_id, received_at, reply, request)
-        superseded = self._slot.offer(job)
+        try:
+            superseded = self._slot.offer(job)
+        except SlotClosedError:
+            self._answer(reply, Reply(request_id, Status.NOT_READY, "server is shutting down"), job)
+            return
         if superseded is not None:
             message = f"superseded by request {request_id}"
             self._answer(superseded.reply, Reply(superseded.request_id, Status.SUPERSEDED, message), superseded)
@@ -170,15 +180,16 @@ class InferenceServer:
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if not self._capacity.acquire(timeout=0.1):
+                continue
             job = self._slot.take(timeout=0.1)
             if job is None:
+                self._capacity.release()
                 continue
-            try:
-                self._answer(job.reply, self._infer(job), job)
-            finally:
-                self._slot.finish()
+            self._slot.finish()  # the job now belongs to the pipeline; the capacity bounds it
+            self._start(job)
 
-    def _infer(self, job: _Job) -> Reply:
+    def _start(self, job: _Job) -> None:
         settings = self._settings
         steps = job.request.denoising_steps or settings.denoising_steps
         observation = Observation(
@@ -189,22 +200,34 @@ class InferenceServer:
         )
         seed = (settings.seed * 1_000_003 + job.request_id) % (2**32)
         try:
-            chunk = self._pipeline.infer(observation, steps=steps, seed=seed)
-        except ValueError as exc:
-            return Reply(job.request_id, Status.INVALID_REQUEST, str(exc), denoising_steps=steps)
-        except Exception as exc:  # noqa: BLE001 - any backend failure becomes a response, never a dead worker
-            LOG.exception("inference failed for request %d", job.request_id)
-            return Reply(job.request_id, Status.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", denoising_steps=steps)
+            future = self._pipeline.submit(observation, steps=steps, seed=seed)
+        except Exception as exc:  # noqa: BLE001 - answered below like any inference failure
+            self._complete(job, steps, None, exc)
+            return
+        future.add_done_callback(lambda done: self._complete(job, steps, done, None))
+
+    def _complete(self, job: _Job, steps: int, future: Any, error: Optional[BaseException]) -> None:
+        try:
+            if error is None:
+                error = future.exception()
+            self._answer(job.reply, self._reply_for(job, steps, None if error else future.result(), error), job)
+        finally:
+            self._capacity.release()
+
+    def _reply_for(self, job: _Job, steps: int, chunk: Any, error: Optional[BaseException]) -> Reply:
+        if isinstance(error, ValueError):
+            return Reply(job.request_id, Status.INVALID_REQUEST, str(error), denoising_steps=steps)
+        if error is not None:
+            LOG.error("inference failed for request %d: %s: %s", job.request_id, type(error).__name__, error)
+            return Reply(job.request_id, Status.INTERNAL_ERROR, f"{type(error).__name__}: {error}",
+                         denoising_steps=steps)
         elapsed_ms = (self._clock() - job.received_at) * 1000.0
-        status = Status.OK
-        message = ""
-        if elapsed_ms > settings.deadline_ms:
-            status = Status.DEADLINE_EXCEEDED
-            message = f"finished after {elapsed_ms:.1f} ms, deadline {settings.deadline_ms:g} ms"
+        deadline_ms = self._settings.deadline_ms
+        late = elapsed_ms > deadline_ms
         return Reply(
             job.request_id,
-            status,
-            message,
+            Status.DEADLINE_EXCEEDED if late else Status.OK,
+            f"finished after {elapsed_ms:.1f} ms, deadline {deadline_ms:g} ms" if late else "",
             actions=chunk.actions,
             confidence=float(chunk.confidence),
             denoising_steps=steps,
