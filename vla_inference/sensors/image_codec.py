@@ -239,7 +239,10 @@ def decode_compressed(
     for name, value in zip(("height", "width"), dims):
         if not 1 <= value <= max_dim:
             raise ImageDecodeError(data_field, f"{name} in header: expected 1..{max_dim}, received {value}")
-    bgr = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageDecodeError(data_field, f"OpenCV could not decode the {view.nbytes}-byte stream: {exc}") from None
     if bgr is None:
         raise ImageDecodeError(data_field, f"OpenCV could not decode the {view.nbytes}-byte stream")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
