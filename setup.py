@@ -24,6 +24,9 @@ setup(
     entry_points={
         "console_scripts": [
             "vla_inference_node = vla_inference.nodes.inference_node:main",
+            "camera_adapter_node = vla_inference.nodes.camera_adapter_node:main",
+            "lidar_adapter_node = vla_inference.nodes.lidar_adapter_node:main",
+            "vla_client_node = vla_inference.nodes.client_node:main",
         ],
     },
 )

@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from rclpy.callback_groups import CallbackGroup
@@ -113,8 +113,11 @@ class VlaClient:
         timeout_s: float = 2.0,
         callback_group: Optional[CallbackGroup] = None,
         first_request_id: Optional[int] = None,
+        on_result: Optional[Callable[[ClientResult], None]] = None,
     ) -> None:
+        """``on_result`` (optional) is called from the executor thread with every matched response."""
         self._node = node
+        self._on_result = on_result
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._ids = itertools.count(first_request_id if first_request_id is not None else time.time_ns() // 1000)
@@ -231,4 +234,7 @@ class VlaClient:
                 observation_stamp=Time.from_msg(request.header.stamp),
             )
             self._outstanding = None
+            result = self._result
         self._done.set()
+        if self._on_result is not None:
+            self._on_result(result)

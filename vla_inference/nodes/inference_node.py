@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from vla_msgs.msg import InferenceRequest, InferenceResponse
@@ -31,6 +29,7 @@ from vla_msgs.srv import Infer
 
 from vla_inference import contract
 from vla_inference.nodes.diagnostics import diagnostic_array
+from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 from vla_inference.runtime.manifest import shipped_model_dir
 from vla_inference.serving.inference_server import InferenceServer, Reply, ServerSettings, Status
@@ -200,6 +199,10 @@ class InferenceNode(LifecycleNode):
         self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
+    def release(self) -> None:
+        """Stop serving and free the backend, whatever the lifecycle state (process exit)."""
+        self._teardown()
+
     def _teardown(self) -> None:
         self._active = False
         if self._server is not None:
@@ -286,18 +289,7 @@ class InferenceNode(LifecycleNode):
 
 
 def main(args: Optional[list] = None) -> None:
-    rclpy.init(args=args)
-    node = InferenceNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._teardown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(InferenceNode, args, num_threads=4, before_destroy=lambda node: node.release())
 
 
 if __name__ == "__main__":

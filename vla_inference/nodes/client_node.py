@@ -1,0 +1,163 @@
+"""vla_client_node: the robot-side loop, from adapted sensor topics to commands.
+
+Every ``1 / request_rate_hz`` it sends one request (never a second while one is outstanding) built
+from the freshest data it holds: the camera adapters' images in ``camera_names`` order, the LiDAR
+range image, ``/joint_states`` positions as the state and the last ``/vla/text_cmd``. Data older than
+``sensor_timeout_s`` is left out rather than faked, so a dead camera shows up as the server's
+INVALID_REQUEST naming ``sensor_data.images``. Received chunks are played out one row per control tick
+on ``/vla/command`` by the ``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from vla_msgs.msg import InferenceResponse
+
+from vla_inference import contract
+from vla_inference.client.chunk_executor import ChunkExecutor, ExecutorState, HoldPolicy
+from vla_inference.client.vla_client import ClientBusyError, ClientResult, VlaClient
+from vla_inference.nodes.diagnostics import diagnostic_array
+from vla_inference.nodes.entry_point import spin_node
+from vla_inference.nodes.parameters import declare
+
+COMMAND_TOPIC = "/vla/command"
+STATE_TOPIC = "/joint_states"
+LIDAR_TOPIC = "/vla/lidar/range_image"
+TEXT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def camera_topic(name: str) -> str:
+    return f"/vla/camera/{name}/image"
+
+
+class VlaClientNode(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vla_client_node", **kwargs)
+        self._cameras = list(declare(self, "camera_names", ["front", "left", "right"],
+                                     "Cameras in the server's camera_names order.", read_only=True))
+        self._use_lidar = declare(self, "use_lidar", True, "Send the LiDAR range image when fresh.", read_only=True)
+        request_rate = declare(self, "request_rate_hz", 5.0, "Requests per second at most (one outstanding).",
+                               float_range=(0.1, 100.0), read_only=True)
+        control_rate = declare(self, "control_rate_hz", 20.0, "Rows of the action chunk played per second.",
+                               float_range=(1.0, 1000.0), read_only=True)
+        self._sensor_timeout_s = declare(self, "sensor_timeout_s", 0.5,
+                                         "Sensor data older than this is left out of requests.",
+                                         float_range=(0.01, 60.0))
+        timeout = declare(self, "request_timeout_s", 2.0, "A request without response after this is given up.",
+                          float_range=(0.05, 60.0), read_only=True)
+        max_age = declare(self, "max_chunk_age_s", 1.0, "Chunks whose observation is older than this are refused.",
+                          float_range=(0.01, 60.0), read_only=True)
+        hold = declare(self, "hold_policy", "zero", "zero: hold = no motion (deltas/velocities); last: repeat the "
+                       "last row (absolute positions).", read_only=True, choices=("zero", "last"))
+        action_dim = declare(self, "action_dim", 8, "Values per action row.", int_range=(1, 256), read_only=True)
+        self._state_dim = declare(self, "state_dim", 8, "Joint positions sent as the state.", int_range=(1, 256),
+                                  read_only=True)
+        self._steps = declare(self, "denoising_steps", 0, "Steps asked per request; 0 = the server's parameter.",
+                              int_range=(0, contract.MAX_DENOISING_STEPS))
+        self._executor = ChunkExecutor(1.0 / control_rate, max_age, HoldPolicy(hold), action_dim)
+        self._images: Dict[str, Tuple[float, Image]] = {}
+        self._lidar: Optional[Tuple[float, Image]] = None
+        self._state: Optional[Tuple[float, list]] = None
+        self._text = ""
+        self._counts: Dict[str, int] = {}
+        self._last_state = ExecutorState.IDLE
+        responses = MutuallyExclusiveCallbackGroup()
+        self._client = VlaClient(self, timeout_s=timeout, callback_group=responses, on_result=self._on_result)
+        for name in self._cameras:
+            self.create_subscription(Image, camera_topic(name), lambda msg, n=name: self._store_image(n, msg),
+                                     qos_profile_sensor_data)
+        if self._use_lidar:
+            self.create_subscription(Image, LIDAR_TOPIC, self._store_lidar, qos_profile_sensor_data)
+        self.create_subscription(JointState, STATE_TOPIC, self._store_state, qos_profile_sensor_data)
+        self.create_subscription(String, contract.TEXT_CMD_TOPIC, self._store_text, TEXT_QOS)
+        self._command_pub = self.create_publisher(Float32MultiArray, COMMAND_TOPIC, 10)
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0 / request_rate, self._maybe_request, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / control_rate, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _store_image(self, name: str, msg: Image) -> None:
+        self._images[name] = (time.monotonic(), msg)
+
+    def _store_lidar(self, msg: Image) -> None:
+        self._lidar = (time.monotonic(), msg)
+
+    def _store_state(self, msg: JointState) -> None:
+        self._state = (time.monotonic(), list(msg.position[: self._state_dim]))
+
+    def _store_text(self, msg: String) -> None:
+        self._text = msg.data
+
+    def _fresh(self, entry: Optional[Tuple[float, Any]], now: float) -> Optional[Any]:
+        if entry is None or now - entry[0] > self._sensor_timeout_s:
+            return None
+        return entry[1]
+
+    # -- requests ------------------------------------------------------------------------------
+    def _maybe_request(self) -> None:
+        now = time.monotonic()
+        if not self._text or self._client.busy(now) or self._client.seconds_until_allowed(now) > 0:
+            return
+        state = self._fresh(self._state, now)
+        if state is None:
+            return  # without the robot state there is no observation worth asking about
+        images = [img for img in (self._fresh(self._images.get(n), now) for n in self._cameras) if img is not None]
+        lidar = self._fresh(self._lidar, now) if self._use_lidar else None
+        stamps = [Time.from_msg(img.header.stamp) for img in images]
+        stamp = min(stamps, key=lambda t: t.nanoseconds) if stamps else self.get_clock().now()
+        try:
+            self._client.send(images, self._text, state, lidar, self._steps, stamp=stamp)
+        except ClientBusyError:
+            return
+
+    def _on_result(self, result: ClientResult) -> None:
+        name = result.status_name
+        self._counts[name] = self._counts.get(name, 0) + 1
+        if result.actions is None or result.status not in (InferenceResponse.STATUS_OK,
+                                                           InferenceResponse.STATUS_DEADLINE_EXCEEDED):
+            if result.status != InferenceResponse.STATUS_OK:
+                self.get_logger().warning(f"request {result.request_id}: {name} {result.message}",
+                                          throttle_duration_sec=5.0)
+            return
+        now_s = self.get_clock().now().nanoseconds * 1e-9
+        stamp_s = result.observation_stamp.nanoseconds * 1e-9 if result.observation_stamp else now_s
+        decision = self._executor.accept_chunk(result.actions, stamp_s, now_s)
+        if not decision.accepted:
+            self._counts["chunk_refused"] = self._counts.get("chunk_refused", 0) + 1
+            self.get_logger().warning(f"chunk {result.request_id} refused: {decision.reason}",
+                                      throttle_duration_sec=5.0)
+
+    # -- control -------------------------------------------------------------------------------
+    def _control_tick(self) -> None:
+        command, state = self._executor.command(self.get_clock().now().nanoseconds * 1e-9)
+        self._last_state = state
+        if command is None:
+            return
+        msg = Float32MultiArray()
+        msg.layout.dim = [MultiArrayDimension(label="action", size=len(command), stride=len(command))]
+        msg.data = [float(v) for v in command]
+        self._command_pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        executing = self._last_state == ExecutorState.EXECUTING
+        level = DiagnosticStatus.OK if executing else DiagnosticStatus.WARN
+        message = self._last_state.value + (f" ({self._executor.hold_reason})" if not executing else "")
+        values = {"server_connected": self._client.server_connected, **self._counts}
+        self._diagnostics.publish(diagnostic_array(self, "vla_client_node: chunk executor", level, message, values))
+
+
+def main(args: Optional[list] = None) -> None:
+    spin_node(VlaClientNode, args, num_threads=3)
+
+
+if __name__ == "__main__":
+    main()
