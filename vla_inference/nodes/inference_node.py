@@ -184,26 +184,23 @@ class InferenceNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.release()
         self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.release()
         self._state_label = "finalized"
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error raised in state {state.label}; releasing the backend")
-        self._teardown()
+        self.release()
         self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def release(self) -> None:
-        """Stop serving and free the backend, whatever the lifecycle state (process exit)."""
-        self._teardown()
-
-    def _teardown(self) -> None:
+        """Stop serving and free the backend, whatever the lifecycle state (also at process exit)."""
         self._active = False
         if self._server is not None:
             self._server.stop()

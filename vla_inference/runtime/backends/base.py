@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import numpy as np
 
-from vla_inference.model.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs
+from vla_inference.model.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs, engine_specs
 from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.manifest import Manifest
+from vla_inference.runtime.manifest import EngineFile, Manifest
 
 
 class BackendUnavailableError(RuntimeError):
@@ -50,16 +50,19 @@ class Backend(abc.ABC):
     name: ClassVar[str] = "base"
 
     def __init__(self, manifest: Manifest, precision: str = "fp32", source_precision: Optional[str] = None) -> None:
-        """``source_precision`` picks the manifest's engine files when it differs from ``precision``
+        """``source_precision`` names the manifest's files when it differs from ``precision``
         (TensorRT builds fp16 from the fp32 ONNX; PyTorch runs bf16 from fp32 weights)."""
         self.manifest = manifest
         self.config = manifest.config
         self.precision = precision
         self.source_precision = source_precision or precision
-        self.engine_files = {name: manifest.engine(self.source_precision, name) for name in ENGINES}
-        self.specs: Dict[str, EngineSpec] = {name: f.spec for name, f in self.engine_files.items()}
+        self.specs: Dict[str, EngineSpec] = engine_specs(self.config)
         self.num_samples = 1
         self._loaded = False
+
+    def engine_files(self) -> Dict[str, EngineFile]:
+        """The manifest's ONNX file per engine for ``source_precision`` (``ModelDirError`` if absent)."""
+        return {name: self.manifest.engine(self.source_precision, name) for name in ENGINES}
 
     # -- runner ---------------------------------------------------------------------------------
     @property

@@ -54,6 +54,7 @@ class OnnxRuntimeBackend(Backend):
                 f"available providers: {ort.get_available_providers()}",
             )
         super().__init__(manifest, precision)
+        self.engine_paths = {name: f.path for name, f in self.engine_files().items()}
         self._device = device
         self.intra_op_threads = intra_op_threads
         self.allow_spinning = allow_spinning
@@ -81,13 +82,13 @@ class OnnxRuntimeBackend(Backend):
 
     def _load(self) -> None:
         try:
-            for name, engine in self.engine_files.items():
+            for name, path in self.engine_paths.items():
                 try:
                     session = ort.InferenceSession(
-                        str(engine.path), sess_options=self._session_options(), providers=self._providers()
+                        str(path), sess_options=self._session_options(), providers=self._providers()
                     )
                 except Exception as exc:  # ORT raises its own exception types for unreadable graphs
-                    raise ModelDirError(f"{engine.path}: ONNX Runtime cannot load it ({exc})") from exc
+                    raise ModelDirError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
                 self._check_session_io(name, session)
                 self._sessions[name] = session
                 self._output_names[name] = [o.name for o in session.get_outputs()]
@@ -98,7 +99,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _check_session_io(self, name: str, session: Any) -> None:
         """The graph must declare exactly the manifest's tensors: a stale ONNX file is named here."""
-        path = self.engine_files[name].path
+        path = self.engine_paths[name]
         spec = self.specs[name]
         for kind, declared, expected in (
             ("inputs", session.get_inputs(), spec.inputs),

@@ -169,6 +169,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"precision: expected one of {PRECISIONS}, received {precision!r}")
         source = "int8" if precision == "int8" and "int8" in manifest.precisions else "fp32"
         super().__init__(manifest, precision, source_precision=source)
+        self.onnx_files = self.engine_files()
         self.cache = PlanCache(Path(engine_cache_dir) if engine_cache_dir else manifest.model_dir / "trt_cache")
         self.device_index = device_index
         self.workspace_bytes = workspace_bytes
@@ -213,7 +214,7 @@ class TensorRTBackend(Backend):
         self._done = cu.Event()
         try:
             runtime = trt.Runtime(self._logger)
-            for name, engine_file in self.engine_files.items():
+            for name, engine_file in self.onnx_files.items():
                 key = self._plan_key(name, engine_file.sha256, self.precision, self._batch_sizes(name))
                 self._engines[name] = self._load_or_build(runtime, key, lambda: self._build_from_onnx(name, key))
             self._create_contexts(VISION)
@@ -269,7 +270,7 @@ class TensorRTBackend(Backend):
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
 
     def _build_from_onnx(self, engine_name: str, key: PlanKey) -> bytes:
-        onnx_path = self.engine_files[engine_name].path
+        onnx_path = self.onnx_files[engine_name].path
         spec = self.specs[engine_name]
         builder = trt.Builder(self._logger)
         network = builder.create_network(self._network_flags())
