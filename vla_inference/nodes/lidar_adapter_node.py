@@ -2,7 +2,8 @@
 
 Subscribes ``points`` (sensor-data QoS; float32 x, y, z required, other fields and any field order /
 point_step allowed, NaNs allowed when ``is_dense`` is false) and publishes ``range_image``
-(32FC1, metres, 0 = no return) by vectorised spherical projection. Malformed clouds are dropped with
+(32FC1, metres, 0 = no return) by vectorised spherical projection. Defaults match the projection the shipped policy was
+trained with (``vla_inference.sensors.lidar_projection``). Malformed clouds are dropped with
 a throttled warning naming the field and counted on ``/diagnostics``; the node never dies on them.
 """
 from __future__ import annotations
@@ -19,24 +20,24 @@ from vla_inference.nodes.camera_adapter_node import WARN_PERIOD_S
 from vla_inference.nodes.diagnostics import drop_counter_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
-from vla_inference.sensors.lidar_projection import project_to_range_image
+from vla_inference.sensors import lidar_projection as projection
 from vla_inference.sensors.pointcloud import parse_xyz_msg
 
 
 class LidarAdapterNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("lidar_adapter", **kwargs)
-        self._rows = declare(self, "rows", 64, "Range image rows (elevation bins).", int_range=(1, 512),
+        self._rows = declare(self, "rows", projection.DEFAULT_ROWS, "Range image rows (elevation bins).", int_range=(1, 512),
                              read_only=True)
-        self._cols = declare(self, "cols", 1024, "Range image columns (azimuth bins).", int_range=(1, 8192),
+        self._cols = declare(self, "cols", projection.DEFAULT_COLS, "Range image columns (azimuth bins).", int_range=(1, 8192),
                              read_only=True)
-        self._fov_up = declare(self, "fov_up_deg", 15.0, "Upper edge of the vertical field of view, degrees.",
+        self._fov_up = declare(self, "fov_up_deg", projection.DEFAULT_FOV_UP_DEG, "Upper edge of the vertical field of view, degrees.",
                                float_range=(-90.0, 90.0), read_only=True)
-        self._fov_down = declare(self, "fov_down_deg", -15.0, "Lower edge of the vertical field of view, degrees.",
+        self._fov_down = declare(self, "fov_down_deg", projection.DEFAULT_FOV_DOWN_DEG, "Lower edge of the vertical field of view, degrees.",
                                  float_range=(-90.0, 90.0), read_only=True)
-        self._min_range = declare(self, "min_range", 0.3, "Returns nearer than this (metres) are ignored.",
+        self._min_range = declare(self, "min_range", projection.DEFAULT_MIN_RANGE_M, "Returns nearer than this (metres) are ignored.",
                                   float_range=(0.0, 1000.0), read_only=True)
-        self._max_range = declare(self, "max_range", 50.0, "Returns farther than this (metres) are ignored.",
+        self._max_range = declare(self, "max_range", projection.DEFAULT_MAX_RANGE_M, "Returns farther than this (metres) are ignored.",
                                   float_range=(0.01, 1000.0), read_only=True)
         if self._fov_up <= self._fov_down or self._max_range <= self._min_range:
             raise ValueError("lidar_adapter: need fov_up_deg > fov_down_deg and max_range > min_range")
@@ -63,7 +64,7 @@ class LidarAdapterNode(Node):
             self._dense_violations += 1
             self.get_logger().warning("cloud claims is_dense but holds NaN/Inf points (dropped them)",
                                       throttle_duration_sec=WARN_PERIOD_S)
-        ranges = project_to_range_image(
+        ranges = projection.project_to_range_image(
             cloud.xyz, rows=self._rows, cols=self._cols, fov_up_deg=self._fov_up, fov_down_deg=self._fov_down,
             min_range=self._min_range, max_range=self._max_range)
         out = Image(header=msg.header, height=self._rows, width=self._cols, encoding="32FC1", step=self._cols * 4)
