@@ -33,7 +33,7 @@ def _resize(rgb: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
 def resize_to_model(rgb: np.ndarray, size: int = 224, mode: str = "stretch") -> np.ndarray:
     """RGB uint8 [H, W, 3] -> uint8 [size, size, 3] by ``mode`` (see the module docstring).
 
-    A frame already at [size, size, 3] is returned as is (no copy) in every mode.
+    A C-contiguous frame already at [size, size, 3] is returned as is (no copy) in every mode.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode: expected one of {', '.join(RESIZE_MODES)}, received {mode!r}")
@@ -46,7 +46,7 @@ def resize_to_model(rgb: np.ndarray, size: int = 224, mode: str = "stretch") -> 
     height, width = rgb.shape[:2]
     if height == 0 or width == 0:
         raise ValueError(f"rgb: expected a non-empty image, received shape {rgb.shape}")
-    if mode == "stretch":
+    if mode == "stretch" or (height, width) == (size, size):
         return _resize(rgb, size, size)
     if mode == "center_crop":
         side = min(height, width)
