@@ -36,8 +36,12 @@ from vla_inference.serving.inference_server import InferenceServer, Reply, Serve
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
+RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
-AT_CONFIGURE = ("num_samples", "pipelining")
+AT_CONFIGURE = (
+    "backend", "model_dir", "precision", "device", "engine_cache_dir", "intra_op_threads", "camera_names",
+    "image_resize_mode", "num_samples", "pipelining",
+)
 SERVICE_TIMEOUT_S = 60.0
 
 
@@ -62,35 +66,34 @@ class InferenceNode(LifecycleNode):
 
     # -- parameters --------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
-        declare(self, "backend", "onnxruntime", "Runtime: onnxruntime (CPU default), tensorrt or torch.",
-                read_only=True, choices=BACKENDS)
-        declare(self, "model_dir", "", "Model directory with manifest.json; empty = the shipped tiny policy.",
-                read_only=True)
-        declare(self, "precision", "fp32", "Engine precision listed in the manifest (fp32, int8, ...).",
-                read_only=True)
-        declare(self, "device", "cpu", "Device for the torch backend (cpu, cuda) and ONNX Runtime (cpu, cuda).",
-                read_only=True)
-        declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache.", read_only=True)
-        declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads.", int_range=(1, 64), read_only=True)
+        unconfigured = " Changeable only while unconfigured."
+        live = " Live: applies from the next request."
+        declare(self, "backend", "onnxruntime", "Runtime: onnxruntime (CPU default), tensorrt or torch." + unconfigured,
+                choices=BACKENDS)
+        declare(self, "model_dir", "", "Model directory with manifest.json; empty = the shipped tiny policy."
+                + unconfigured)
+        declare(self, "precision", "fp32", "Engine precision listed in the manifest (fp32, int8, ...)." + unconfigured)
+        declare(self, "device", "cpu", "cpu or cuda (torch backend; ONNX Runtime CUDA provider)." + unconfigured)
+        declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache." + unconfigured)
+        declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads." + unconfigured, int_range=(1, 64))
         declare(self, "camera_names", ["front", "left", "right"],
-                "Cameras, in the order requests carry their images; the count every request must match.",
-                read_only=True)
+                "Cameras, in the order requests carry their images; every request must carry this many."
+                + unconfigured)
         declare(self, "image_resize_mode", "stretch",
-                "How request images of another size reach 224x224: stretch, letterbox or center_crop.",
-                read_only=True, choices=("stretch", "letterbox", "center_crop"))
-        declare(self, "denoising_steps", 10,
-                "Euler steps of the action expert; live, applies from the next request; a request's non-zero "
-                "denoising_steps overrides it.", int_range=(1, contract.MAX_DENOISING_STEPS))
-        declare(self, "max_request_rate_hz", 5.0, "Accepted requests per second at most; faster ones are rejected "
-                "with retry_after_ms. Live.", float_range=(0.1, 100.0))
-        declare(self, "num_samples", 4, "Action chunks sampled per request (batch); their spread gives confidence. "
-                "Changeable while unconfigured.", int_range=(1, 32))
-        declare(self, "deadline_ms", 500.0, "Inference slower than this is answered DEADLINE_EXCEEDED (actions "
-                "included). Live.", float_range=(1.0, 60000.0))
-        declare(self, "seed", 0, "Base seed of the flow-matching noise (per request: seed and request_id). Live.",
+                "How request images of another size reach the model's: stretch, letterbox or center_crop."
+                + unconfigured, choices=RESIZE_MODES)
+        declare(self, "num_samples", 4, "Action chunks sampled per request (one batch); their spread gives the "
+                "confidence." + unconfigured, int_range=(1, 32))
+        declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising."
+                + unconfigured)
+        declare(self, "denoising_steps", 10, "Euler steps of the action expert; a request's non-zero "
+                "denoising_steps overrides it." + live, int_range=(1, contract.MAX_DENOISING_STEPS))
+        declare(self, "max_request_rate_hz", 5.0, "Accepted requests per second at most; faster ones are answered "
+                "REJECTED_RATE_LIMIT with retry_after_ms." + live, float_range=(0.1, 100.0))
+        declare(self, "deadline_ms", 500.0, "Inference finishing later than this after receipt is answered "
+                "DEADLINE_EXCEEDED (actions included)." + live, float_range=(1.0, 60000.0))
+        declare(self, "seed", 0, "Base seed of the flow-matching noise (per request: seed and request_id)." + live,
                 int_range=(0, 2**31 - 1))
-        declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising. "
-                "Changeable while unconfigured.")
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -100,6 +103,13 @@ class InferenceNode(LifecycleNode):
             if param.name in AT_CONFIGURE and self._pipeline is not None:
                 return SetParametersResult(successful=False,
                                            reason=f"{param.name} applies at configure: clean up the node first")
+            if param.name == "backend" and param.value not in BACKENDS:
+                return SetParametersResult(successful=False, reason=f"backend: expected one of {list(BACKENDS)}")
+            if param.name == "image_resize_mode" and param.value not in RESIZE_MODES:
+                return SetParametersResult(successful=False,
+                                           reason=f"image_resize_mode: expected one of {list(RESIZE_MODES)}")
+            if param.name == "camera_names" and not param.value:
+                return SetParametersResult(successful=False, reason="camera_names: at least one camera")
         if self._server is not None:
             live = {p.name: p.value for p in params if p.name in LIVE}
             if live:
