@@ -6,7 +6,8 @@ with ONNX Runtime; asking for a backend whose runtime is missing raises
 
 Callers that configure any backend from one parameter set (the inference node) may pass the
 common options ``COMMON_OPTIONS`` to every backend: a backend that has no use for one (ONNX
-Runtime and ``engine_cache_dir``, TensorRT and ``intra_op_threads``) ignores it. Any other
+Runtime and ``engine_cache_dir``, TensorRT and ``intra_op_threads``; ``num_samples`` only
+matters to TensorRT, which builds its batch profiles for it) ignores it. Any other
 option the backend does not take is an error.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ _REGISTRY: Dict[str, Tuple[str, str, str]] = {
     "torch": ("vla_inference.runtime.backends.torch_backend", "TorchBackend", "PyTorch (`torch`)"),
 }
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir"})
+COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir", "num_samples"})
 LOG = logging.getLogger(__name__)
 
 BACKENDS = tuple(_REGISTRY)
