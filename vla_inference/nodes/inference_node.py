@@ -60,6 +60,8 @@ class InferenceNode(LifecycleNode):
         self._response_pub = None
         self._service = None
         self._publish_lock = threading.Lock()
+        self._received_lock = threading.Lock()
+        self._received = 0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._timer_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -244,7 +246,14 @@ class InferenceNode(LifecycleNode):
         response.response = holder[0]
         return response
 
+    @property
+    def requests_received(self) -> int:
+        """Requests taken from the topic or the service since start (each gets exactly one response)."""
+        return self._received
+
     def _handle(self, msg: InferenceRequest, reply: Any) -> None:
+        with self._received_lock:
+            self._received += 1
         server = self._server
         if server is None or not self._active:
             reply(Reply(msg.request_id, Status.NOT_READY, f"node is {self._state_label}, not active"))
@@ -285,6 +294,7 @@ class InferenceNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         values = {
             "lifecycle_state": self._state_label,
+            "requests_received": self._received,
             "backend": self._param("backend"),
             "denoising_steps": self._param("denoising_steps"),
         }
