@@ -225,7 +225,7 @@ def _mutate(request: InferenceRequest, field: str) -> InferenceRequest:
     ("steps", "denoising_steps"),
 ])
 def test_malformed_field_is_named_and_the_node_keeps_serving(graph_factory, field, named):
-    graph = graph_factory(num_samples=1)
+    graph = graph_factory()
     graph.bring_up()
     bad = graph.infer(_mutate(scene_request(1), field))
     assert bad.status == InferenceResponse.STATUS_INVALID_REQUEST

@@ -85,7 +85,7 @@ class InferenceNode(LifecycleNode):
                 "How request images of another size reach the model's: stretch, letterbox or center_crop."
                 + unconfigured, choices=RESIZE_MODES)
         declare(self, "num_samples", 4, "Action chunks sampled per request (one batch); their spread gives the "
-                "confidence." + unconfigured, int_range=(1, 32))
+                "confidence (at least 2, so there is a spread to measure)." + unconfigured, int_range=(2, 32))
         declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising."
                 + unconfigured)
         declare(self, "denoising_steps", 10, "Euler steps of the action expert; a request's non-zero "

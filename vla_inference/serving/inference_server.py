@@ -21,6 +21,7 @@ import enum
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -38,6 +39,7 @@ from vla_inference.serving.request_validator import (
 )
 
 LOG = logging.getLogger(__name__)
+MODEL_TIME_HISTORY = 1024
 
 
 class Status(enum.IntEnum):
@@ -62,6 +64,7 @@ class Reply:
     denoising_steps: int = 0
     latency_ms: float = 0.0
     retry_after_ms: int = 0
+    model_ms: float = 0.0  # time inside the pipeline (both stages), 0 when it did not run
 
 
 ReplyFn = Callable[[Reply], None]
@@ -106,6 +109,13 @@ class InferenceServer:
         self._stopping = threading.Event()
         self._concurrency = 2 if getattr(pipeline, "pipelining", False) else 1
         self._capacity = threading.Semaphore(self._concurrency)
+        self._model_ms: "OrderedDict[int, float]" = OrderedDict()
+        self._model_ms_lock = threading.Lock()
+
+    def model_time_ms(self, request_id: int) -> Optional[float]:
+        """Pipeline time of a recent request (the last MODEL_TIME_HISTORY), for overhead measurements."""
+        with self._model_ms_lock:
+            return self._model_ms.get(request_id)
 
     @property
     def settings(self) -> ServerSettings:
@@ -231,12 +241,18 @@ class InferenceServer:
             actions=chunk.actions,
             confidence=float(chunk.confidence),
             denoising_steps=steps,
+            model_ms=chunk.timings.total_ms - chunk.timings.queue_ms,
         )
 
     def _answer(self, reply: ReplyFn, response: Reply, job: Optional[_Job], received_at: Optional[float] = None) -> None:
         start = job.received_at if job is not None else (received_at if received_at is not None else self._clock())
         response.latency_ms = (self._clock() - start) * 1000.0
         self.stats.record_response(response.status.name, response.latency_ms if response.actions is not None else None)
+        if response.model_ms:
+            with self._model_ms_lock:
+                self._model_ms[response.request_id] = response.model_ms
+                while len(self._model_ms) > MODEL_TIME_HISTORY:
+                    self._model_ms.popitem(last=False)
         try:
             reply(response)
         except Exception:  # noqa: BLE001 - a failing transport must not stop the server
