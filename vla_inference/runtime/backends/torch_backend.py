@@ -156,14 +156,10 @@ class TorchBackend(Backend):
     def _module(self, engine_name: str) -> Callable[..., Any]:
         return self.policy.vision_engine if engine_name == VISION else self.policy.action_expert
 
-    def _to_model(self, name: str, value: np.ndarray) -> "torch.Tensor":
-        tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self._device)
-        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
-
     def _infer(self, engine_name: str, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         spec = self.specs[engine_name]
         with torch.inference_mode():
-            args = [self._to_model(t.name, feeds[t.name]) for t in spec.inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self._device) for t in spec.inputs]
             outputs = self._module(engine_name)(*args)
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
@@ -226,8 +222,7 @@ class TorchBackend(Backend):
         self._static = static
 
         def vision_pass() -> Any:
-            args = [self._cast(static["vision_in"][t.name]) for t in vision_spec.inputs]
-            return self.policy.vision_engine(*args)
+            return self.policy.vision_engine(*(static["vision_in"][t.name] for t in vision_spec.inputs))
 
         static["vision_fn"] = vision_pass
         static["vision_graph"], static["vision_out"] = self._capture(vision_pass, self._streams[VISION])
@@ -252,16 +247,12 @@ class TorchBackend(Backend):
 
         def denoise_step() -> Any:
             t = static["schedule"].index_select(0, static["step"]).expand(k)
-            velocity = self.policy.action_expert(self._cast(static["x"]), self._cast(t), slot.prefix_kv,
-                                                 slot.prefix_mask)
-            static["x"].add_(velocity.float() * static["dt"])
+            velocity = self.policy.action_expert(static["x"], t, slot.prefix_kv, slot.prefix_mask)
+            static["x"].add_(velocity * static["dt"])
             static["step"].add_(1)
             return velocity
 
         return denoise_step
-
-    def _cast(self, tensor: "torch.Tensor") -> "torch.Tensor":
-        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
     def _capture(self, fn: Callable[[], Any], stream: "torch.cuda.Stream") -> Any:
         """Warm ``fn`` up on ``stream`` and capture it as a CUDA graph: (graph or None, outputs)."""
