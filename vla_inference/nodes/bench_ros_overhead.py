@@ -20,7 +20,6 @@ from typing import Dict, List
 
 import numpy as np
 import rclpy
-from lifecycle_msgs.msg import Transition
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
