@@ -123,8 +123,10 @@ def test_malformed_chunks_are_refused(actions, detail):
     assert ex.command(0.0)[1] is ExecutorState.IDLE
 
 
-def test_non_finite_stamp_is_refused():
-    assert not executor().accept_chunk(CHUNK, stamp_s=float("nan"), now_s=0.0).accepted
+@pytest.mark.parametrize("stamp_s", [float("nan"), float("inf"), None])
+def test_non_finite_stamp_is_refused(stamp_s):
+    decision = executor().accept_chunk(CHUNK, stamp_s=stamp_s, now_s=0.0)
+    assert not decision.accepted and decision.reason.startswith("stamp")
 
 
 def test_stalled_control_loop_drops_the_chunk_and_holds():

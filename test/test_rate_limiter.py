@@ -91,3 +91,12 @@ def test_concurrent_callers_at_the_same_instant_get_one_accept():
     for thread in threads:
         thread.join()
     assert len(results) == 800 and sum(results) == 1
+
+
+@pytest.mark.parametrize("now", [float("nan"), float("inf")])
+def test_non_finite_time_is_refused_so_it_cannot_disable_the_limit(now):
+    limiter = RateLimiter(5.0)
+    with pytest.raises(ValueError, match="now"):
+        limiter.try_acquire(now)
+    assert limiter.try_acquire(0.0).accepted
+    assert not limiter.try_acquire(0.1).accepted

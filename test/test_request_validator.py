@@ -149,6 +149,7 @@ MALFORMED = {
                          "expected 256 bytes"),
     "lidar data without size": (dict(lidar_range=lidar_with(height=0, width=0)), "sensor_data.lidar_range.height",
                                 "received 0"),
+    "lidar not an image": (dict(lidar_range=SimpleNamespace(height=4)), "sensor_data.lidar_range", "not an image"),
     "lidar data type": (dict(lidar_range=lidar_with(data=3.0)), "sensor_data.lidar_range.data", "bytes-like"),
     "lidar NaN": (dict(lidar_range=lidar_values(2, 5, np.nan)), "sensor_data.lidar_range.data", "nan at row 2, col 5"),
     "lidar Inf": (dict(lidar_range=lidar_values(0, 1, np.inf)), "sensor_data.lidar_range.data", "inf at row 0, col 1"),

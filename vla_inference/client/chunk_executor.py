@@ -115,7 +115,11 @@ class ChunkExecutor:
             return ChunkDecision(False, f"actions: expected shape [H >= 1, {self._action_dim}], received {list(chunk.shape)}")
         if not np.isfinite(chunk).all():
             return ChunkDecision(False, "actions: contains NaN or Inf")
-        if not (math.isfinite(stamp_s) and math.isfinite(now_s)):
+        try:
+            finite_times = math.isfinite(stamp_s) and math.isfinite(now_s)
+        except TypeError:
+            finite_times = False
+        if not finite_times:
             return ChunkDecision(False, f"stamp: expected finite times, received stamp {stamp_s!r}, now {now_s!r}")
         age_s = now_s - stamp_s
         if age_s > self._max_age_s:

@@ -56,6 +56,8 @@ class RateLimiter:
 
     def try_acquire(self, now: float) -> RateDecision:
         """Accept (and record) a request arriving at ``now``, or say how long until one would be accepted."""
+        if not math.isfinite(now):
+            raise ValueError(f"now: expected a finite time, received {now!r}")
         with self._lock:
             if self._last_accepted is not None:
                 wait_s = self._last_accepted + self._interval_s - now

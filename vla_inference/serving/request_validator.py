@@ -174,19 +174,23 @@ def _check_lidar(image: Optional[ImageLike], limits: ValidationLimits) -> Option
     if image is None:
         return None
     try:
-        view = memoryview(image.data)
+        encoding, height, width, step = image.encoding, image.height, image.width, image.step
+        data, is_bigendian = image.data, image.is_bigendian
+    except AttributeError as exc:
+        raise InvalidRequestError(prefix, f"not an image: {exc}") from None
+    try:
+        view = memoryview(data)
     except TypeError:
-        raise InvalidRequestError(f"{prefix}.data", f"expected a bytes-like object, received {type(image.data).__name__}") from None
+        raise InvalidRequestError(f"{prefix}.data", f"expected a bytes-like object, received {type(data).__name__}") from None
     if view.format != "B" or view.ndim != 1:
-        view = view.cast("B") if view.c_contiguous else None
-        if view is None:
+        if not view.c_contiguous:
             raise InvalidRequestError(f"{prefix}.data", "expected a contiguous buffer")
-    height, width, step = image.height, image.width, image.step
+        view = view.cast("B")
     if height == 0 and width == 0 and view.nbytes == 0:
         return None
     rows, cols = limits.lidar_rows, limits.lidar_cols
-    if image.encoding != LIDAR_ENCODING:
-        raise InvalidRequestError(f"{prefix}.encoding", f"expected {LIDAR_ENCODING!r}, received {image.encoding!r}")
+    if encoding != LIDAR_ENCODING:
+        raise InvalidRequestError(f"{prefix}.encoding", f"expected {LIDAR_ENCODING!r}, received {encoding!r}")
     if height != rows:
         raise InvalidRequestError(f"{prefix}.height", f"expected {rows} (or 0 with width 0 for no LiDAR), received {height}")
     if width != cols:
@@ -195,7 +199,7 @@ def _check_lidar(image: Optional[ImageLike], limits: ValidationLimits) -> Option
         raise InvalidRequestError(f"{prefix}.step", f"expected {cols * 4} (width {cols} x 4 bytes), received {step}")
     if view.nbytes != rows * step:
         raise InvalidRequestError(f"{prefix}.data", f"expected {rows * step} bytes (height {rows} x step {step}), received {view.nbytes}")
-    ranges = np.frombuffer(view, dtype=">f4" if image.is_bigendian else "<f4").reshape(rows, cols)
+    ranges = np.frombuffer(view, dtype=">f4" if is_bigendian else "<f4").reshape(rows, cols)
     ok = np.isfinite(ranges) & (ranges >= 0.0)
     if not ok.all():
         bad = np.flatnonzero(~ok)
