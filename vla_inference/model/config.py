@@ -15,11 +15,11 @@ class VisionConfig:
     """SigLIP-style ViT shared over all cameras."""
 
     image_size: int = 224
-    patch_size: int = 16
-    width: int = 128
+    patch_size: int = 32
+    width: int = 96
     depth: int = 2
-    num_heads: int = 4
-    mlp_dim: int = 512
+    num_heads: int = 3
+    mlp_dim: int = 384
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,8 @@ class LidarConfig:
 
     rows: int = 64
     cols: int = 1024
-    patch_rows: int = 16
-    patch_cols: int = 64
+    patch_rows: int = 64
+    patch_cols: int = 16
     max_range_m: float = 20.0
 
 
@@ -42,7 +42,7 @@ class BackboneConfig:
     num_heads: int = 4
     num_kv_heads: int = 1
     head_dim: int = 48
-    mlp_dim: int = 512
+    mlp_dim: int = 384
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ExpertConfig:
     """Narrower Gemma-style action expert; one layer per backbone layer, same head layout."""
 
     width: int = 128
-    mlp_dim: int = 384
+    mlp_dim: int = 256
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class VlaConfig:
     preset: str = "tiny"
     max_cameras: int = 3
     text_max_len: int = 48
+    # Rows of the text embedding. The byte tokenizer uses ids < 258; pi05 keeps PaliGemma's
+    # 257,152-row table so real pi0.5 checkpoints load with their embedding unchanged.
+    text_vocab_size: int = 258
     state_dim: int = 8
     action_horizon: int = 16
     action_dim: int = 8
@@ -95,7 +98,12 @@ class VlaConfig:
 
 
 def tiny() -> VlaConfig:
-    """The shipped CPU policy: small enough to train here and to serve at 5 Hz on 2 cores."""
+    """The shipped CPU policy: small enough to train here and to serve at 5 Hz on 2 cores.
+
+    32-pixel image patches (49 tokens per camera) and full-height LiDAR column strips (64 tokens of
+    5.6 deg azimuth) keep the prefix at 260 tokens, so training fits in minutes on 2 CPU cores and
+    the shipped files (fp32 + INT8) stay under 30 MB.
+    """
     return VlaConfig()
 
 
@@ -105,6 +113,7 @@ def pi05() -> VlaConfig:
         preset="pi05",
         max_cameras=3,
         text_max_len=48,
+        text_vocab_size=257_152,
         state_dim=32,
         action_horizon=50,
         action_dim=32,

@@ -1,0 +1,467 @@
+"""pi0.5-style Vision-Language-Action policy in PyTorch (training and export only; serving runs the
+exported engines).
+
+Two submodules, one per engine of ``engine_spec``:
+
+* ``VisionEngine``: a SigLIP-style ViT shared by every camera, a LiDAR patch embedding, byte-token
+  embeddings and a state token feed a Gemma-style prefix backbone (RMSNorm, RoPE, grouped-query
+  attention, GeGLU) with full attention inside the prefix; it returns every layer's rotated keys and
+  values, stacked as ``prefix_kv`` [B, layers, 2, kv_heads, prefix_len, head_dim], and the prefix mask.
+* ``ActionExpert``: one narrower Gemma-style layer per backbone layer with the same head layout;
+  action tokens attend to that layer's prefix keys/values (masked) and to each other; adaptive
+  RMSNorm (scale, shift, gate) conditioned on the flow time, as in pi0.5.
+
+Flow parameterisation: the expert's output head predicts the clean chunk x0 and the engine returns
+the flow-matching velocity ``v = (x_t - x0) / t`` (for the straight path x_t = t * noise +
+(1 - t) * x0 that is exactly ``noise - x0``). Actions are metric and small (centimetres per step)
+next to the unit Gaussian noise of the contract, so a direct velocity head would have to resolve
+millimetres out of an O(1) output; predicting x0, with per-dimension action scales, keeps the
+precision in the head. The Euler loop (``VlaPolicy.sample``) runs outside the expert.
+
+Export/backend constraints kept throughout: masks become additive ``MASK_BIAS`` terms (no boolean
+indexing or data-dependent control flow), attention goes through
+``torch.nn.functional.scaled_dot_product_attention``, and normalisation statistics are computed in
+float32 so a bf16 backend stays stable.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vla_inference.model.config import VlaConfig
+from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
+
+# Additive attention bias for masked keys: exp(-30000) is 0 in fp32/bf16 and it stays finite in fp16.
+MASK_BIAS = -30000.0
+# Smallest flow time the expert divides by; the Euler loop never evaluates below 1 / steps.
+MIN_FLOW_TIME = 1e-3
+ROPE_BASE = 10000.0
+# Scale of each action dimension (metres for position deltas, unit gripper command): the x0 head
+# predicts actions / scale, and noisy actions are preconditioned with it.
+POSITION_SCALE_M = 0.03
+LIDAR_LOG_SCALE = 100.0
+
+
+def _check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Union[int, None]]) -> None:
+    """Cheap trace-safe shape check (``None`` = any size, used for the batch axis)."""
+    shape = tuple(tensor.shape)
+    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
+        shown = tuple("batch" if e is None else e for e in expected)
+        raise ValueError(f"{name}: expected shape {shown}, received {shape}")
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: x / rms(x) * (1 + weight), statistics in float32."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + self.weight.float())).to(x.dtype)
+
+
+class AdaRMSNorm(nn.Module):
+    """pi0.5 adaptive RMSNorm: scale/shift (and a residual gate) regressed from the time condition.
+
+    The modulation starts at zero, so each block starts as the identity (adaLN-Zero).
+    """
+
+    def __init__(self, width: int, cond_width: int, with_gate: bool, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.with_gate = with_gate
+        self.modulation = nn.Linear(cond_width, (3 if with_gate else 2) * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        chunks = self.modulation(cond)[:, None, :].chunk(3 if self.with_gate else 2, dim=-1)
+        out = normed * (1.0 + chunks[0]) + chunks[1]
+        gate = chunks[2] if self.with_gate else torch.ones_like(chunks[0])
+        return out, gate
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [L, head_dim] for rotate-half RoPE (computed in float32)."""
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, L] (True = attend) -> additive bias [B, 1, 1, L]."""
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    masked = torch.full((), MASK_BIAS, dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, masked)[:, None, None, :]
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention: q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], bias [B, 1, 1, Lk].
+
+    Query heads of a group are folded into the query axis, so keys/values are never repeated.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    folded = q.reshape(batch, kv_heads, (q_heads // kv_heads) * q_len, head_dim)
+    out = F.scaled_dot_product_attention(folded, k, v, attn_mask=bias)
+    return out.reshape(batch, q_heads, q_len, head_dim)
+
+
+class GemmaAttention(nn.Module):
+    def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values [B, kv_heads, L, head_dim]."""
+        k = apply_rope(self._heads(self.k_proj(h), self.num_kv_heads), cos, sin)
+        return k, self._heads(self.v_proj(h), self.num_kv_heads)
+
+    def query(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(self._heads(self.q_proj(h), self.num_heads), cos, sin)
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+
+
+class GeGLU(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class GemmaBlock(nn.Module):
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(width)
+        self.attn = GemmaAttention(width, num_heads, num_kv_heads, head_dim)
+        self.mlp_norm = RMSNorm(width)
+        self.mlp = GeGLU(width, mlp_dim)
+
+
+class ExpertBlock(nn.Module):
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.input_norm = AdaRMSNorm(width, width, with_gate=True)
+        self.attn = GemmaAttention(width, num_heads, num_kv_heads, head_dim)
+        self.mlp_norm = AdaRMSNorm(width, width, with_gate=True)
+        self.mlp = GeGLU(width, mlp_dim)
+
+
+class ViTBlock(nn.Module):
+    """SigLIP encoder block: pre-LayerNorm, multi-head attention, GELU-tanh MLP."""
+
+    def __init__(self, width: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+
+
+class VisionTransformer(nn.Module):
+    """SigLIP-style ViT: patch convolution, learned positions, pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+        if width % num_heads:
+            raise ValueError(f"vision width {width} must be a multiple of num_heads {num_heads}")
+        tokens = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.02)
+        self.blocks = nn.ModuleList(ViTBlock(width, num_heads, mlp_dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> tokens [N, T, width]."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class VisionEngine(nn.Module):
+    """Stage 1: observation -> per-layer prefix keys/values + prefix mask (the ``vision`` engine)."""
+
+    def __init__(self, cfg: VlaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        v, lidar, b = cfg.vision, cfg.lidar, cfg.backbone
+        if lidar.rows % lidar.patch_rows or lidar.cols % lidar.patch_cols:
+            raise ValueError("LiDAR patch size must divide the range image")
+        self.vit = VisionTransformer(v.image_size, v.patch_size, v.width, v.depth, v.num_heads, v.mlp_dim)
+        self.image_projection = nn.Linear(v.width, b.width)
+        self.camera_embedding = nn.Parameter(torch.randn(cfg.max_cameras, b.width) * 0.02)
+        # Channels: range / max_range, validity, log-compressed range (resolves the near field).
+        self.lidar_embed = nn.Conv2d(3, b.width, kernel_size=(lidar.patch_rows, lidar.patch_cols),
+                                     stride=(lidar.patch_rows, lidar.patch_cols))
+        self.lidar_position = nn.Parameter(torch.randn(cfg.lidar_tokens, b.width) * 0.02)
+        self.text_embedding = nn.Embedding(cfg.text_vocab_size, b.width)
+        self.state_projection = nn.Linear(cfg.state_dim, b.width)
+        self.layers = nn.ModuleList(
+            GemmaBlock(b.width, b.mlp_dim, b.num_heads, b.num_kv_heads, b.head_dim) for _ in range(b.depth)
+        )
+
+    def _lidar_features(self, lidar_range: torch.Tensor) -> torch.Tensor:
+        valid = (lidar_range > 0).to(lidar_range.dtype)
+        normalized = (lidar_range / self.cfg.lidar.max_range_m).clamp(0.0, 1.0)
+        compressed = torch.log1p(normalized * LIDAR_LOG_SCALE) * (valid / math.log1p(LIDAR_LOG_SCALE))
+        return torch.cat([normalized, valid, compressed], dim=1)
+
+    def forward(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
+                lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        size, cameras = cfg.vision.image_size, cfg.max_cameras
+        _check_shape("images", images, (None, cameras, 3, size, size))
+        _check_shape("camera_mask", camera_mask, (None, cameras))
+        _check_shape("lidar_range", lidar_range, (None, 1, cfg.lidar.rows, cfg.lidar.cols))
+        _check_shape("lidar_mask", lidar_mask, (None,))
+        _check_shape("text_tokens", text_tokens, (None, cfg.text_max_len))
+        _check_shape("text_mask", text_mask, (None, cfg.text_max_len))
+        _check_shape("state", state, (None, cfg.state_dim))
+        batch = images.shape[0]
+        dtype = self.image_projection.weight.dtype
+
+        image_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype))
+        image_tokens = self.image_projection(image_tokens).reshape(batch, cameras, -1, cfg.backbone.width)
+        per_camera = image_tokens.shape[2]
+        image_tokens = (image_tokens + self.camera_embedding[None, :, None, :]).reshape(batch, cameras * per_camera, -1)
+        lidar_tokens = self.lidar_embed(self._lidar_features(lidar_range.to(dtype))).flatten(2).transpose(1, 2)
+        lidar_tokens = lidar_tokens + self.lidar_position
+        text = self.text_embedding(text_tokens) * math.sqrt(cfg.backbone.width)
+        state_token = self.state_projection(state.to(dtype))[:, None, :]
+        x = torch.cat([image_tokens, lidar_tokens, text, state_token], dim=1)
+
+        prefix_mask = torch.cat(
+            [
+                camera_mask[:, :, None].expand(batch, cameras, per_camera).reshape(batch, cameras * per_camera),
+                lidar_mask[:, None].expand(batch, cfg.lidar_tokens),
+                text_mask,
+                torch.ones_like(camera_mask[:, :1]),
+            ],
+            dim=1,
+        )
+        return self._backbone(x, prefix_mask), prefix_mask
+
+    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """Full attention within the prefix; returns stacked keys/values of every layer.
+
+        The last layer's attention output and MLP only feed text decoding, which this policy does
+        not do, so they are skipped (their weights stay in the module so Gemma checkpoints load).
+        """
+        cos, sin = rope_tables(torch.arange(x.shape[1], device=x.device), self.cfg.backbone.head_dim, x.dtype)
+        bias = key_bias(prefix_mask, x.dtype)
+        layer_kv: List[torch.Tensor] = []
+        for index, layer in enumerate(self.layers):
+            h = layer.input_norm(x)
+            k, v = layer.attn.keys_values(h, cos, sin)
+            layer_kv.append(torch.stack([k, v], dim=1))
+            if index + 1 < len(self.layers):
+                q = layer.attn.query(h, cos, sin)
+                x = x + layer.attn.output(grouped_attention(q, k, v, bias))
+                x = x + layer.mlp(layer.mlp_norm(x))
+        return torch.stack(layer_kv, dim=1)
+
+
+def time_embedding(time: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sinusoidal embedding of the flow time [B] -> [B, width] (pi0's period range)."""
+    fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float32, device=time.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = time.float()[:, None] * (2.0 * math.pi / period)[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ActionExpert(nn.Module):
+    """Stage 2: (x_t, t, prefix keys/values, prefix mask) -> velocity (the ``action_expert`` engine)."""
+
+    def __init__(self, cfg: VlaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        b, e = cfg.backbone, cfg.expert
+        self.action_in = nn.Linear(cfg.action_dim, e.width)
+        self.time_mlp_in = nn.Linear(e.width, e.width)
+        self.time_mlp_out = nn.Linear(e.width, e.width)
+        self.layers = nn.ModuleList(
+            ExpertBlock(e.width, e.mlp_dim, b.num_heads, b.num_kv_heads, b.head_dim) for _ in range(b.depth)
+        )
+        self.final_norm = AdaRMSNorm(e.width, e.width, with_gate=False)
+        self.action_out = nn.Linear(e.width, cfg.action_dim)
+        scale = torch.ones(cfg.action_dim)
+        scale[: min(3, cfg.action_dim)] = POSITION_SCALE_M
+        self.register_buffer("action_scale", scale, persistent=False)
+
+    def forward(self, noisy_actions: torch.Tensor, time: torch.Tensor, prefix_kv: torch.Tensor,
+                prefix_mask: torch.Tensor) -> torch.Tensor:
+        cfg, b = self.cfg, self.cfg.backbone
+        horizon, prefix_len = cfg.action_horizon, cfg.prefix_len
+        _check_shape("noisy_actions", noisy_actions, (None, horizon, cfg.action_dim))
+        _check_shape("time", time, (None,))
+        _check_shape("prefix_kv", prefix_kv, (None, b.depth, 2, b.num_kv_heads, prefix_len, b.head_dim))
+        _check_shape("prefix_mask", prefix_mask, (None, prefix_len))
+        dtype = self.action_in.weight.dtype
+        batch = noisy_actions.shape[0]
+
+        t = time.float().clamp(min=MIN_FLOW_TIME)[:, None, None]
+        scale = self.action_scale.float()
+        x_t = noisy_actions.float()
+        preconditioned = x_t * torch.rsqrt(t * t + ((1.0 - t) * scale) ** 2)
+        h = self.action_in(preconditioned.to(dtype))
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_embedding(time, h.shape[-1]).to(dtype)))))
+
+        cos, sin = rope_tables(torch.arange(prefix_len, prefix_len + horizon, device=h.device), b.head_dim, dtype)
+        bias = torch.cat([key_bias(prefix_mask, dtype), torch.zeros(batch, 1, 1, horizon, dtype=dtype, device=h.device)],
+                         dim=-1)
+        prefix_kv = prefix_kv.to(dtype)
+        for index, layer in enumerate(self.layers):
+            normed, gate = layer.input_norm(h, cond)
+            k, v = layer.attn.keys_values(normed, cos, sin)
+            keys = torch.cat([prefix_kv[:, index, 0], k], dim=2)
+            values = torch.cat([prefix_kv[:, index, 1], v], dim=2)
+            q = layer.attn.query(normed, cos, sin)
+            h = h + gate * layer.attn.output(grouped_attention(q, keys, values, bias))
+            normed, gate = layer.mlp_norm(h, cond)
+            h = h + gate * layer.mlp(normed)
+        normed, _ = self.final_norm(h, cond)
+        clean = self.action_out(normed).float() * scale
+        return ((x_t - clean) / t).to(noisy_actions.dtype)
+
+    def clean_actions(self, velocity: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """Invert the output parameterisation: x0 = x_t - t * v (the training target space)."""
+        return noisy_actions - time.clamp(min=MIN_FLOW_TIME)[:, None, None] * velocity
+
+
+class VlaPolicy(nn.Module):
+    def __init__(self, cfg: VlaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision_engine = VisionEngine(cfg)
+        self.action_expert = ActionExpert(cfg)
+
+    @property
+    def specs(self) -> Dict[str, EngineSpec]:
+        return engine_specs(self.cfg)
+
+    @torch.no_grad()
+    def sample(self, feeds: Mapping[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
+        """Euler-integrate the flow from ``noise`` (t=1) to actions (t=0) in ``steps`` steps."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected an integer >= 1, received {steps!r}")
+        specs = self.specs
+        batch = check_torch_inputs(specs[VISION], feeds)
+        expert_spec = specs[ACTION_EXPERT]
+        check_torch_tensor("noisy_actions", noise, expert_spec.input("noisy_actions").concrete_shape(batch), "float32")
+        prefix_kv, prefix_mask = self.vision_engine(*(feeds[t.name] for t in specs[VISION].inputs))
+        x = noise
+        dt = -1.0 / steps
+        for step in range(steps):
+            t = torch.full((batch,), 1.0 - step / steps, dtype=torch.float32, device=noise.device)
+            x = x + dt * self.action_expert(x, t, prefix_kv, prefix_mask)
+        return x
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+def check_torch_tensor(name: str, tensor: torch.Tensor, shape: Tuple[int, ...], dtype: str) -> None:
+    """The torch twin of ``engine_spec.check_tensor``: exact shape, dtype, finite values."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, received {tuple(tensor.shape)}")
+    if _dtype_name(tensor) != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype}, received {_dtype_name(tensor)}")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
+
+
+def check_torch_inputs(spec: EngineSpec, feeds: Mapping[str, torch.Tensor]) -> int:
+    """Check a feed dict of tensors against an engine spec; returns the batch size."""
+    missing = [t.name for t in spec.inputs if t.name not in feeds]
+    if missing:
+        raise ValueError(f"{spec.name}: missing inputs {missing}")
+    extra = sorted(set(feeds) - {t.name for t in spec.inputs})
+    if extra:
+        raise ValueError(f"{spec.name}: unexpected inputs {extra}")
+    first = feeds[spec.inputs[0].name]
+    if not isinstance(first, torch.Tensor) or first.dim() == 0:
+        raise ValueError(f"{spec.inputs[0].name}: expected a tensor with a batch axis")
+    batch = int(first.shape[0])
+    for tensor in spec.inputs:
+        check_torch_tensor(tensor.name, feeds[tensor.name], tensor.concrete_shape(batch), tensor.dtype)
+    return batch
+
+
+def build_policy(cfg: VlaConfig) -> VlaPolicy:
+    """A freshly initialised policy (build under ``torch.device('meta')`` to count parameters only)."""
+    return VlaPolicy(cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_policy(policy: VlaPolicy, path: Union[str, Path]) -> Path:
+    """Weights as safetensors, with the config in the metadata for provenance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in policy.state_dict().items()}
+    save_file(tensors, str(path), metadata={"config": json.dumps(policy.cfg.to_dict(), sort_keys=True)})
+    return path
+
+
+def load_policy(path: Union[str, Path], cfg: VlaConfig) -> VlaPolicy:
+    """Build ``cfg``'s policy and load weights; a missing/unexpected/misshaped tensor is an error."""
+    policy = VlaPolicy(cfg)
+    policy.load_state_dict(load_file(str(path)), strict=True)
+    return policy.eval()

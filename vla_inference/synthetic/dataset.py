@@ -1,0 +1,134 @@
+"""Observations and training sets built from the synthetic task (numpy + OpenCV only).
+
+``make_observation`` is what the simulated sensors would deliver for a scene (224x224 renders of
+cameras 0..n-1, the projected LiDAR sweep, the command, the state); ``vision_feeds`` turns it into
+the vision engine's inputs. ``generate_training_set`` produces the same tensors in bulk, sharing one
+set of renders between several tasks of a layout (renders depend only on the layout) so that a
+training set of tens of thousands of tasks fits in memory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Iterator
+
+import numpy as np
+
+from vla_inference.model.tokenizer import tokenize
+from vla_inference.runtime.observation import Observation
+from vla_inference.synthetic.lidar import RING_ELEVATIONS_DEG, lidar_range_image
+from vla_inference.synthetic.render import NUM_CAMERAS, render_camera
+from vla_inference.sensors.lidar_projection import DEFAULT_COLS, DEFAULT_ROWS, beam_rows
+from vla_inference.synthetic.scene import (
+    ACTION_DIM,
+    HORIZON,
+    SLOW_STEP_M,
+    STATE_DIM,
+    Scene,
+    expert_actions,
+    generate_scene,
+    sample_layout,
+    sample_task,
+    step_length,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SIZE = 224
+TEXT_MAX_LEN = 48
+# Held-out scenes start here; training layouts use seeds [0, num_layouts), far below it.
+EVAL_SEED_BASE = 1_000_000
+RING_ROWS = beam_rows(RING_ELEVATIONS_DEG)
+
+
+def make_observation(scene: Scene, num_cameras: int = NUM_CAMERAS, with_lidar: bool = True,
+                     image_size: int = IMAGE_SIZE) -> Observation:
+    """Cameras 0..num_cameras-1 at ``image_size``, the projected sweep (or None), text and state."""
+    if not 1 <= num_cameras <= NUM_CAMERAS:
+        raise ValueError(f"num_cameras: expected 1..{NUM_CAMERAS}, received {num_cameras}")
+    images = [render_camera(scene, i, image_size, image_size) for i in range(num_cameras)]
+    lidar = lidar_range_image(scene) if with_lidar else None
+    return Observation(images=images, text=scene.text, state=scene.state, lidar_range=lidar)
+
+
+def eval_scenes(count: int, seed_base: int = EVAL_SEED_BASE) -> Iterator[Scene]:
+    """Held-out scenes: seeds disjoint from every training layout seed."""
+    for i in range(count):
+        yield generate_scene(seed_base + i)
+
+
+@dataclass
+class TrainingSet:
+    """Tasks [N] over layouts [L]; LiDAR kept as its ring rows only (the other rows are always 0)."""
+
+    images: np.ndarray  # uint8 [L, cameras, 3, H, W] (channels first, RGB)
+    layout_index: np.ndarray  # int64 [N]
+    lidar_rings: np.ndarray  # float16 [N, rings, cols], metres
+    text_tokens: np.ndarray  # int64 [N, text_max_len]
+    text_mask: np.ndarray  # bool [N, text_max_len]
+    state: np.ndarray  # float32 [N, 8]
+    actions: np.ndarray  # float32 [N, H, D]
+    slow: np.ndarray  # bool [N]: a pole stands next to the path
+
+    def __len__(self) -> int:
+        return int(self.layout_index.shape[0])
+
+    def vision_feeds(self, indices: np.ndarray, num_cameras: np.ndarray, with_lidar: np.ndarray) -> Dict[str, np.ndarray]:
+        """The vision engine's inputs for tasks ``indices``, with cameras/LiDAR masked out as asked
+        (absent inputs are zero-filled, as ``runtime.observation.vision_feeds`` does)."""
+        indices = np.asarray(indices)
+        batch = indices.shape[0]
+        cameras = self.images.shape[1]
+        camera_mask = np.arange(cameras)[None, :] < np.asarray(num_cameras)[:, None]
+        raw = self.images[self.layout_index[indices]]
+        images = raw.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+        images *= camera_mask[:, :, None, None, None]
+        lidar_mask = np.asarray(with_lidar, dtype=bool)
+        lidar = np.zeros((batch, 1, DEFAULT_ROWS, DEFAULT_COLS), dtype=np.float32)
+        lidar[:, 0, RING_ROWS, :] = self.lidar_rings[indices].astype(np.float32)
+        lidar *= lidar_mask[:, None, None, None]
+        return {
+            "images": images,
+            "camera_mask": camera_mask,
+            "lidar_range": lidar,
+            "lidar_mask": lidar_mask,
+            "text_tokens": self.text_tokens[indices],
+            "text_mask": self.text_mask[indices],
+            "state": self.state[indices],
+        }
+
+
+def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: int = IMAGE_SIZE,
+                          text_max_len: int = TEXT_MAX_LEN, first_seed: int = 0) -> TrainingSet:
+    """Layout seeds ``first_seed + [0, num_layouts)``; task 0 of layout ``s`` is ``generate_scene(s)``."""
+    if first_seed + num_layouts > EVAL_SEED_BASE:
+        raise ValueError(f"training seeds must stay below the held-out base {EVAL_SEED_BASE}")
+    count = num_layouts * tasks_per_layout
+    images = np.zeros((num_layouts, NUM_CAMERAS, 3, image_size, image_size), dtype=np.uint8)
+    layout_index = np.repeat(np.arange(num_layouts), tasks_per_layout)
+    lidar_rings = np.zeros((count, len(RING_ROWS), DEFAULT_COLS), dtype=np.float16)
+    tokens = np.zeros((count, text_max_len), dtype=np.int64)
+    text_mask = np.zeros((count, text_max_len), dtype=bool)
+    state = np.zeros((count, STATE_DIM), dtype=np.float32)
+    actions = np.zeros((count, HORIZON, ACTION_DIM), dtype=np.float32)
+    slow = np.zeros(count, dtype=bool)
+    for layout_i in range(num_layouts):
+        seed = first_seed + layout_i
+        rng = np.random.default_rng(seed)
+        layout = sample_layout(rng)
+        for task in range(tasks_per_layout):
+            n = layout_i * tasks_per_layout + task
+            scene = sample_task(layout, rng, lidar_seed=seed if task == 0 else seed + (task << 32))
+            if task == 0:
+                for cam in range(NUM_CAMERAS):
+                    images[layout_i, cam] = render_camera(scene, cam, image_size, image_size).transpose(2, 0, 1)
+            range_image = lidar_range_image(scene)
+            lidar_rings[n] = range_image[RING_ROWS]
+            tokens[n], text_mask[n] = tokenize(scene.text, text_max_len)
+            state[n] = scene.state
+            actions[n] = expert_actions(scene)
+            slow[n] = step_length(scene) == SLOW_STEP_M
+        if (layout_i + 1) % 500 == 0:
+            logger.info("generated %d / %d layouts", layout_i + 1, num_layouts)
+    return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow)
+
