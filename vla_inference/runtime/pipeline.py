@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from vla_inference.model.config import VlaConfig
-from vla_inference.runtime.backends import Backend, create_backend
+from vla_inference.runtime.backends import Backend, InferenceError, create_backend
 from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
 from vla_inference.runtime.flow import flow_schedule
 from vla_inference.runtime.manifest import load_manifest
@@ -44,10 +44,6 @@ LOG = logging.getLogger(__name__)
 
 PREFIX_SLOTS = 2
 _STOP = object()
-
-
-class InferenceError(RuntimeError):
-    """A backend produced unusable output (NaN/Inf actions) for an otherwise valid request."""
 
 
 @dataclass(frozen=True)

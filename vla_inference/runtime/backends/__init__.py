@@ -17,7 +17,7 @@ import inspect
 import logging
 from typing import Any, Dict, Tuple
 
-from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
+from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix, InferenceError
 from vla_inference.runtime.manifest import Manifest
 
 # name -> (module, class, what to install when the import fails)
@@ -57,4 +57,4 @@ def create_backend(name: str, manifest: Manifest, **options: Any) -> Backend:
     return backend_class(manifest, **options)
 
 
-__all__ = ["BACKENDS", "COMMON_OPTIONS", "Backend", "BackendUnavailableError", "HostPrefix", "create_backend"]
+__all__ = ["BACKENDS", "COMMON_OPTIONS", "Backend", "BackendUnavailableError", "HostPrefix", "InferenceError", "create_backend"]

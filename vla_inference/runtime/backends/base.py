@@ -36,6 +36,10 @@ class BackendUnavailableError(RuntimeError):
         super().__init__(f"{message} ({detail})" if detail else message)
 
 
+class InferenceError(RuntimeError):
+    """A backend produced unusable output (NaN/Inf) for inputs that passed validation."""
+
+
 @dataclass
 class HostPrefix:
     """Stage-1 output kept in host memory, already repeated to the sample batch (K)."""
@@ -127,6 +131,8 @@ class Backend(abc.ABC):
         """Stage 1: vision engine on a batch-1 observation, prefix repeated K times (once per request)."""
         check_inputs(self.specs[VISION], feeds)
         out = self._infer(VISION, feeds)
+        if not np.isfinite(out["prefix_kv"]).all():
+            raise InferenceError(f"backend {self.name!r}: the vision engine produced NaN/Inf in prefix_kv")
         k = self.num_samples
         return HostPrefix(np.repeat(out["prefix_kv"], k, axis=0), np.repeat(out["prefix_mask"], k, axis=0))
 

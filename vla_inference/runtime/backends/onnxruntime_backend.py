@@ -2,7 +2,9 @@
 
 One ``InferenceSession`` per engine. CPU sessions use ``intra_op_threads`` threads inside an
 operator and one between operators (sequential execution: the graphs are chains, and a second
-pool would only fight the first for the cores). ``session.run`` releases the GIL, which is what
+pool would only fight the first for the cores). Idle workers do not spin by default: with the
+pipeline the two sessions run at the same time, and spinning workers of one session take the cores
+the other needs (measured on 2 cores: vision 7.2 ms spinning vs 3.9 ms not). ``session.run`` releases the GIL, which is what
 lets the pipeline overlap the next request's vision pass with the current denoising loop on two
 Python threads.
 """
@@ -41,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
         device: str = "cpu",
         intra_op_threads: int = 0,
-        allow_spinning: bool = True,
+        allow_spinning: bool = False,
     ) -> None:
         if ort is None:
             raise BackendUnavailableError(self.name, "the `onnxruntime` package", str(_IMPORT_ERROR))

@@ -1,0 +1,64 @@
+"""Shared helpers of the runtime tests: the model directory they serve, and observations.
+
+The model directory is, in order: ``$VLA_TEST_MODEL_DIR``; the shipped ``models/tiny``; or a
+random-weight tiny policy exported once per test process with ``export_model_dir``. Real files and
+real ONNX Runtime sessions throughout, no mocks.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+from vla_inference.model.config import VlaConfig
+from vla_inference.runtime.bench import bench_observations
+from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir
+from vla_inference.runtime.observation import Observation
+
+_LOCK = threading.Lock()
+_EXPORTED: Optional[Path] = None
+
+
+def runtime_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model directory under test (exported at most once per process)."""
+    global _EXPORTED
+    override = os.environ.get("VLA_TEST_MODEL_DIR")
+    if override:
+        return Path(override)
+    shipped = shipped_model_dir()
+    if (shipped / MANIFEST_NAME).is_file():
+        return shipped
+    with _LOCK:
+        if _EXPORTED is None:
+            export = pytest.importorskip(
+                "vla_inference.model.export", reason="no models/tiny yet and no export_model_dir to build one"
+            )
+            from vla_inference.model.config import tiny
+            from vla_inference.model.policy import build_policy
+            import torch
+
+            torch.manual_seed(0)
+            out = tmp_path_factory.mktemp("random_tiny_model")
+            export.export_model_dir(build_policy(tiny()).eval(), tiny(), out)
+            _EXPORTED = out
+        return _EXPORTED
+
+
+def observations(cfg: VlaConfig, count: int, seed: int = 0) -> List[Observation]:
+    """Seeded full observations: every camera and the LiDAR present."""
+    return bench_observations(cfg, count, cfg.max_cameras, lidar=True, seed=seed)
+
+
+def pipeline_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vla-stage")]
+
+
+def test_model_dir_is_servable(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from vla_inference.runtime.manifest import load_manifest
+
+    manifest = load_manifest(runtime_model_dir(tmp_path_factory))
+    assert "fp32" in manifest.precisions
+    assert manifest.weights_path is not None and manifest.weights_path.is_file()
