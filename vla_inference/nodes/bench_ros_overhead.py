@@ -21,6 +21,7 @@ from typing import Dict, List
 import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from vla_inference.client.vla_client import VlaClient
@@ -33,10 +34,10 @@ def percentiles(values: List[float]) -> Dict[str, float]:
     return {f"p{p}": float(np.percentile(arr, p)) for p in (50, 95, 99)} | {"mean": float(arr.mean())}
 
 
-def run(requests: int, steps: int, cameras: int, out: Path) -> Dict[str, object]:
+def run(requests: int, steps: int, cameras: int, out: Path, model_dir: str = "") -> Dict[str, object]:
     rclpy.init()
     server = InferenceNode(parameter_overrides=[
-        Parameter("max_request_rate_hz", value=100.0), Parameter("denoising_steps", value=steps),
+        Parameter("model_dir", value=model_dir), Parameter("max_request_rate_hz", value=100.0), Parameter("denoising_steps", value=steps),
         Parameter("camera_names", value=["front", "left", "right"][:cameras])])
     client_node = rclpy.create_node("bench_ros_overhead_client")
     executor = MultiThreadedExecutor(num_threads=4)
@@ -45,7 +46,8 @@ def run(requests: int, steps: int, cameras: int, out: Path) -> Dict[str, object]
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        if server.trigger_configure().label != "inactive" or server.trigger_activate().label != "active":
+        ok = TransitionCallbackReturn.SUCCESS
+        if server.trigger_configure() != ok or server.trigger_activate() != ok:
             raise RuntimeError("vla_inference_node did not come up; see its log")
         client = VlaClient(client_node, timeout_s=30.0)
         deadline = time.monotonic() + 10.0
@@ -108,8 +110,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cameras", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--out", type=Path, default=Path("out/bench_ros"))
+    parser.add_argument("--model-dir", default="", help="model directory; default the shipped policy")
     args = parser.parse_args()
-    record = run(args.requests, args.steps, args.cameras, args.out)
+    record = run(args.requests, args.steps, args.cameras, args.out, args.model_dir)
     print(f"\n{'ms':<16}{'p50':>8}{'p95':>8}{'p99':>8}")
     for key in ("round_trip_ms", "model_ms", "ros_overhead_ms"):
         row = record[key]
