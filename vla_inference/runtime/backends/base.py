@@ -142,7 +142,7 @@ class Backend(abc.ABC):
         x = np.array(noise, dtype=np.float32, copy=True)
         feeds = {
             "noisy_actions": x,
-            "time": np.empty((x.shape[0],), dtype=np.float32),
+            "time": np.full((x.shape[0],), times[0], dtype=np.float32),
             "prefix_kv": prefix.prefix_kv,
             "prefix_mask": prefix.prefix_mask,
         }
