@@ -18,6 +18,7 @@ Plain Python (no rclpy) so the whole request contract is testable alone:
 from __future__ import annotations
 
 import enum
+import math
 import logging
 import threading
 import time
@@ -167,7 +168,7 @@ class InferenceServer:
             return
         accepted, retry_after_s = self._limiter.try_acquire(received_at)
         if not accepted:
-            retry_ms = max(1, int(np.ceil(retry_after_s * 1000.0)))
+            retry_ms = max(1, math.ceil(round(retry_after_s * 1000.0, 3)))
             message = f"over {self._settings.max_request_rate_hz:g} Hz; retry in {retry_ms} ms"
             self._answer(reply, Reply(request_id, Status.REJECTED_RATE_LIMIT, message, retry_after_ms=retry_ms), None)
             return
