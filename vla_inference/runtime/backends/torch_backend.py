@@ -97,10 +97,18 @@ class TorchBackend(Backend):
         self._static: Dict[str, Any] = {}
 
     @classmethod
+    def from_policy(
+        cls, policy: Any, cfg: VlaConfig, device: str = "cpu", precision: Optional[str] = None, **options: Any
+    ) -> "TorchBackend":
+        """Serve an in-memory ``VlaPolicy`` (no model directory): checks and timing runs."""
+        manifest = Manifest(Path(f"<in-memory policy: {cfg.preset}>"), cfg, {}, {"in_memory_policy": True})
+        return cls(manifest, precision=precision, device=device, policy=policy, **options)
+
+    @classmethod
     def with_random_weights(
         cls, cfg: VlaConfig, device: str = "cuda", precision: Optional[str] = None, seed: int = 0, **options: Any
     ) -> "TorchBackend":
-        """A backend on freshly initialised weights (timing runs of presets with no checkpoint)."""
+        """A backend on freshly initialised weights, built on the device in the serving dtype."""
         if torch is None:
             raise BackendUnavailableError(cls.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         from vla_inference.model.policy import build_policy
@@ -109,9 +117,7 @@ class TorchBackend(Backend):
         torch.manual_seed(seed)
         with torch.device(device):
             policy = build_policy(cfg)
-        policy = policy.to(dtype=dtype).eval()
-        manifest = Manifest(Path(f"<random weights: {cfg.preset}>"), cfg, {}, {"random_weights": True, "seed": seed})
-        return cls(manifest, precision=precision, device=device, policy=policy, **options)
+        return cls.from_policy(policy.to(dtype=dtype).eval(), cfg, device, precision, **options)
 
     @property
     def device(self) -> str:
