@@ -29,6 +29,7 @@ from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 
 COMMAND_TOPIC = "/vla/command"
+REQUEST_TICK_S = 0.01  # pacing resolution of the request loop
 STATE_TOPIC = "/joint_states"
 LIDAR_TOPIC = "/vla/lidar/range_image"
 TEXT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -44,7 +45,8 @@ class VlaClientNode(Node):
         self._cameras = list(declare(self, "camera_names", ["front", "left", "right"],
                                      "Cameras in the server's camera_names order.", read_only=True))
         self._use_lidar = declare(self, "use_lidar", True, "Send the LiDAR range image when fresh.", read_only=True)
-        request_rate = declare(self, "request_rate_hz", 5.0, "Requests per second at most (one outstanding).",
+        request_rate = declare(self, "request_rate_hz", 4.5, "Requests per second at most (one outstanding); keep "
+                               "it below the server's max_request_rate_hz so jitter is not rate-limited.",
                                float_range=(0.1, 100.0), read_only=True)
         control_rate = declare(self, "control_rate_hz", 20.0, "Rows of the action chunk played per second.",
                                float_range=(1.0, 1000.0), read_only=True)
@@ -80,7 +82,9 @@ class VlaClientNode(Node):
         self.create_subscription(String, contract.TEXT_CMD_TOPIC, self._store_text, TEXT_QOS)
         self._command_pub = self.create_publisher(Float32MultiArray, COMMAND_TOPIC, 10)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0 / request_rate, self._maybe_request, callback_group=MutuallyExclusiveCallbackGroup())
+        self._request_period_s = 1.0 / request_rate
+        self._last_sent = -float("inf")
+        self.create_timer(REQUEST_TICK_S, self._maybe_request, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0 / control_rate, self._control_tick, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -105,7 +109,9 @@ class VlaClientNode(Node):
     # -- requests ------------------------------------------------------------------------------
     def _maybe_request(self) -> None:
         now = time.monotonic()
-        if not self._text or self._client.busy(now) or self._client.seconds_until_allowed(now) > 0:
+        if now - self._last_sent < self._request_period_s or not self._text:
+            return
+        if self._client.busy(now) or self._client.seconds_until_allowed(now) > 0:
             return
         state = self._fresh(self._state, now)
         if state is None:
@@ -118,6 +124,7 @@ class VlaClientNode(Node):
             self._client.send(images, self._text, state, lidar, self._steps, stamp=stamp)
         except ClientBusyError:
             return
+        self._last_sent = now
 
     def _on_result(self, result: ClientResult) -> None:
         name = result.status_name
