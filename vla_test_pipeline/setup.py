@@ -19,5 +19,12 @@ setup(
     maintainer_email="maintainers@vla-serving.dev",
     description="Synthetic robot, launch harness and end-to-end checks for vla_inference",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "synthetic_robot_node = vla_test_pipeline.nodes.robot_node:main",
+            "synthetic_camera_node = vla_test_pipeline.nodes.camera_node:main",
+            "synthetic_lidar_node = vla_test_pipeline.nodes.lidar_node:main",
+            "smoke_checker = vla_test_pipeline.checker_node:main",
+        ],
+    },
 )

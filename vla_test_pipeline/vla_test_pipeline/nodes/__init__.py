@@ -1,0 +1,1 @@
+"""Thin rclpy shells of the synthetic robot: episode logic and sensors live in plain modules."""
