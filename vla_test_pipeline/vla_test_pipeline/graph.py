@@ -32,8 +32,8 @@ class GraphConfig:
     use_lidar: bool = True
     duration_s: float = 30.0  # 0 = until stopped (runner only; the checker needs a window)
     first_scene: int = 0
-    request_rate_hz: float = 5.0
-    control_rate_hz: float = 10.0
+    request_rate_hz: float = 4.5  # below the server limit, so arrival jitter is not rate-limited
+    control_rate_hz: float = 20.0
     episode_timeout_s: float = 8.0
     output_dir: str = "out/demo"
 
