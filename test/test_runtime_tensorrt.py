@@ -132,3 +132,31 @@ def test_tensorrt_builds_once_then_loads_and_matches_onnxruntime(tmp_path_factor
     assert {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("*.plan")} == plans, "valid plans were rebuilt"
     np.testing.assert_array_equal(first, second)
     assert np.abs(first - reference).max() < 1e-2
+
+
+def test_cuda_runtime_wrappers_round_trip() -> None:
+    """Streams of two priorities, an event between them, pinned and device buffers, all three copy kinds."""
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed here")
+    from vla_inference.runtime.backends import cuda_runtime as cu
+
+    error, count = runtime.cudaGetDeviceCount()
+    if error != runtime.cudaError_t.cudaSuccess or count == 0:
+        pytest.skip("no CUDA device visible")
+    cu.set_device(0)
+    name, capability = cu.device_properties(0)
+    assert name and capability.count(".") == 1
+    low, high = cu.Stream(), cu.Stream(high_priority=True)
+    assert high.priority <= low.priority  # numerically lower = higher priority
+    source, result = cu.PinnedArray((3, 5), np.float32), cu.PinnedArray((3, 5), np.float32)
+    source.array[...] = np.arange(15, dtype=np.float32).reshape(3, 5)
+    first, second = cu.DeviceBuffer(source.nbytes), cu.DeviceBuffer(source.nbytes)
+    ready = cu.Event()
+    cu.copy_htod(first.ptr, source, low)
+    ready.record(low)
+    high.wait(ready)
+    cu.copy_dtod(second.ptr, first.ptr, source.nbytes, high)
+    cu.copy_dtoh(result, second.ptr, high)
+    high.synchronize()
+    np.testing.assert_array_equal(result.array, source.array)
+    for resource in (source, result, first, second, ready, low, high):
+        (resource.destroy if hasattr(resource, "destroy") else resource.free)()

@@ -62,6 +62,11 @@ class Stream:
         )
         self.priority = priority
 
+    @property
+    def address(self) -> int:
+        """The raw ``cudaStream_t`` as an integer, the form TensorRT's Python API takes."""
+        return int(self.handle)
+
     def synchronize(self) -> None:
         check(CUDART.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 

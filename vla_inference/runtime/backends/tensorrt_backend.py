@@ -105,7 +105,7 @@ class _ProfileContext:
         self.lock = threading.Lock()
         self.bindings: Dict[str, _Binding] = {}
         if engine.num_optimization_profiles > 1:
-            self.context.set_optimization_profile_async(profile, stream.handle)
+            self.context.set_optimization_profile_async(profile, stream.address)
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
@@ -119,7 +119,7 @@ class _ProfileContext:
             self.bindings[name] = _Binding(name, is_input, host, device)
 
     def execute(self, stream: cu.Stream) -> None:
-        if not self.context.execute_async_v3(stream.handle):
+        if not self.context.execute_async_v3(stream.address):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def free(self) -> None:
