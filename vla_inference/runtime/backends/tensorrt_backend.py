@@ -7,6 +7,11 @@ cache, one optimization profile per batch size used) and serialized as ``.plan``
 capability, source ONNX SHA-256, precision and batch sizes per plan, so a stale plan is rebuilt
 and a valid one is loaded without rebuilding.
 
+Plans are always built from the fp32 ONNX files: the manifest's "int8" files are ONNX Runtime
+dynamic quantisation (MatMulInteger), which TensorRT does not parse. INT8 and FP8 kernels engage
+only where the ONNX carries explicit Q/DQ nodes (TensorRT's explicit quantisation); elsewhere
+those builds run the FP16 fallback that ``precision_flags`` enables with them.
+
 At run time every engine/profile pair has its own execution context with device buffers and
 pinned host buffers allocated once, input shapes and tensor addresses set once. Stage 1 runs on a
 normal-priority stream and repeats the prefix K times into one of two device slots (device to
@@ -167,8 +172,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"device: the tensorrt backend runs on 'cuda', received {device!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, received {precision!r}")
-        source = "int8" if precision == "int8" and "int8" in manifest.precisions else "fp32"
-        super().__init__(manifest, precision, source_precision=source)
+        super().__init__(manifest, precision, source_precision="fp32")
         self.onnx_files = self.engine_files()
         self.cache = PlanCache(Path(engine_cache_dir) if engine_cache_dir else manifest.model_dir / "trt_cache")
         self.device_index = device_index
