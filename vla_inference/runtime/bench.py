@@ -201,7 +201,7 @@ def write_cdf_png(record: Dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for result in record["results"]:
         data = np.sort(np.asarray(result["total_ms_samples"]))
-        ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=f"{result['steps']} steps")
+        ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=f"{result['steps']} step{'' if result['steps'] == 1 else 's'}")
     info = record["config"]
     ax.set_title(f"{info['backend']} {info['preset']} {info['precision']} on {info['device']}: "
                  f"{info['cameras']} cameras{' + LiDAR' if info['lidar'] else ''}, K={info['num_samples']}")

@@ -4,7 +4,11 @@ One ``InferenceSession`` per engine. CPU sessions use ``intra_op_threads`` threa
 operator and one between operators (sequential execution: the graphs are chains, and a second
 pool would only fight the first for the cores). Idle workers do not spin by default: with the
 pipeline the two sessions run at the same time, and spinning workers of one session take the cores
-the other needs (measured on 2 cores: vision 7.2 ms spinning vs 3.9 ms not). ``session.run`` releases the GIL, which is what
+the other needs (measured on 2 cores: vision 7.2 ms spinning vs 3.9 ms not). The action expert
+gets its own thread count, 1 by default: its per-step graph is many small operators, where a
+second thread costs more in hand-offs than it gains (tiny, 10 steps, 2 cores: end-to-end p50
+15 ms with one expert thread vs 17 ms with two); ``intra_op_threads`` (0 = all cores) is for the
+vision engine. ``session.run`` releases the GIL, which is what
 lets the pipeline overlap the next request's vision pass with the current denoising loop on two
 Python threads.
 """
@@ -15,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from vla_inference.model.engine_spec import ACTION_EXPERT
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError
 from vla_inference.runtime.manifest import Manifest, ModelDirError
 
@@ -43,6 +48,7 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
         device: str = "cpu",
         intra_op_threads: int = 0,
+        expert_intra_op_threads: int = 1,
         allow_spinning: bool = False,
     ) -> None:
         if ort is None:
@@ -59,6 +65,7 @@ class OnnxRuntimeBackend(Backend):
         self.engine_paths = {name: f.path for name, f in self.engine_files().items()}
         self._device = device
         self.intra_op_threads = intra_op_threads
+        self.expert_intra_op_threads = expert_intra_op_threads
         self.allow_spinning = allow_spinning
         self._sessions: Dict[str, Any] = {}
         self._output_names: Dict[str, List[str]] = {}
@@ -72,9 +79,10 @@ class OnnxRuntimeBackend(Backend):
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def _session_options(self) -> Any:
+    def _session_options(self, engine_name: str) -> Any:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        threads = self.expert_intra_op_threads if engine_name == ACTION_EXPERT else self.intra_op_threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -87,7 +95,7 @@ class OnnxRuntimeBackend(Backend):
             for name, path in self.engine_paths.items():
                 try:
                     session = ort.InferenceSession(
-                        str(path), sess_options=self._session_options(), providers=self._providers()
+                        str(path), sess_options=self._session_options(name), providers=self._providers()
                     )
                 except Exception as exc:  # ORT raises its own exception types for unreadable graphs
                     raise ModelDirError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
@@ -126,6 +134,7 @@ class OnnxRuntimeBackend(Backend):
             onnxruntime=ort.__version__,
             providers=self._providers(),
             intra_op_threads=self.intra_op_threads,
+            expert_intra_op_threads=self.expert_intra_op_threads,
             allow_spinning=self.allow_spinning,
         )
         return info
