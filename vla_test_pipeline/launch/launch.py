@@ -1,4 +1,5 @@
-"""ros2 launch vla_test_pipeline launch.py [backend:=onnxruntime] [denoising_steps:=10] [num_cameras:=3]
+"""ros2 launch vla_test_pipeline launch.py [backend:=onnxruntime] [model_dir:=]
+[denoising_steps:=10] [num_cameras:=3]
 [use_lidar:=true] [duration:=30.0] [output_dir:=out/launch]
 
 The synthetic robot, the adapters, the lifecycle inference node (configured and activated here) and the

@@ -94,7 +94,7 @@ def test_launch_description_builds_from_the_graph():
     description = generate_launch_description()
     assert isinstance(description, LaunchDescription)
     assert {a.name for a in description.get_launch_arguments()} == {
-        "backend", "denoising_steps", "num_cameras", "use_lidar", "duration", "output_dir"}
+        "backend", "model_dir", "denoising_steps", "num_cameras", "use_lidar", "duration", "output_dir"}
     actions = graph_actions(build_graph(GraphConfig(), include_checker=True))
     nodes = [a for a in actions if isinstance(a, Node)]
     assert len(nodes) == len(build_graph(GraphConfig(), include_checker=True))

@@ -19,6 +19,7 @@ SCRIPTS = {
         import signal, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
         while True: time.sleep(1)
         """),
     # Leaves a grandchild in its process group that ignores SIGINT: it must not outlive the stop.
@@ -43,6 +44,9 @@ SCRIPTS = {
             rclpy.spin(node)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
         """),
     "dies": "import sys, time\ntime.sleep(0.5)\nprint('stand-in crashed', flush=True)\nsys.exit(3)\n",
 }
@@ -51,24 +55,42 @@ SCRIPTS = {
 def resolver(tmp_path: Path, by_name: dict, default: str = "polite"):
     def resolve(spec: NodeSpec) -> list:
         kind = by_name.get(spec.name, default)
-        script = tmp_path / f"{kind}.py"
-        text = SCRIPTS[kind.split(":")[0]].format(result=kind.split(":")[-1])
-        script.write_text(text)
+        script = tmp_path / f"{kind.replace(':', '_')}.py"
+        if not script.exists():  # never rewrite a script another stand-in may be reading
+            script.write_text(SCRIPTS[kind.split(":")[0]].format(result=kind.split(":")[-1]))
         return [sys.executable, str(script)]
     return resolve
 
 
-def descendants_alive(pids) -> list:
-    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+def wait_for_line(log: Path, text: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"{log.name} never printed {text!r}"
+        time.sleep(0.05)
+
+
+def descendants_alive(pids, grace_s: float = 3.0) -> list:
+    """The pids still running (not zombies) after ``grace_s``: a SIGKILLed process takes a moment to go."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def test_stop_escalates_and_leaves_no_process(tmp_path):
     specs = [NodeSpec("pkg", "exe", name) for name in ("polite", "stubborn", "spawner")]
     processes = ProcessSet(tmp_path / "logs", tmp_path / "params", resolver(tmp_path, {s.name: s.name for s in specs}))
     processes.start_all(specs)
-    deadline = time.monotonic() + 10
-    while "grandchild" not in (tmp_path / "logs" / "spawner.log").read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_line(tmp_path / "logs" / "stubborn.log", "ready")
+    wait_for_line(tmp_path / "logs" / "spawner.log", "grandchild")
     grandchild = int((tmp_path / "logs" / "spawner.log").read_text().split()[1])
     everything = [*processes.pids().values(), grandchild]
     started = time.monotonic()

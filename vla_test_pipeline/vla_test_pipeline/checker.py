@@ -25,7 +25,8 @@ from vla_inference.client.vla_client import STATUS_NAMES
 
 OK = InferenceResponse.STATUS_OK
 NOT_ACCEPTED = (InferenceResponse.STATUS_REJECTED_RATE_LIMIT, InferenceResponse.STATUS_NOT_READY)
-REQUEST_MEMORY = 256
+MESSAGE_CHARS = 90
+MAX_REASONS = 5
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,6 @@ class ResponseRecord:
     values: int
     denoising_steps: int
     server_latency_ms: float
-    e2e_latency_ms: Optional[float]
     message: str
 
 
@@ -68,6 +68,7 @@ class SmokeReport:
     requests_seen: int
     responses: int
     statuses: Dict[str, int]
+    non_ok_reasons: Dict[str, int]  # "STATUS: message" -> count, for what went wrong
     accepted: int
     accepted_rate_hz: float
     e2e_latency_ms: Dict[str, float]
@@ -111,19 +112,16 @@ class SmokeRecorder:
         self._diagnostics: Dict[str, str] = {}
 
     def on_request(self, request_id: int, stamp: float) -> None:
+        """A request's observation stamp (a large request may reach the checker after its response)."""
         with self._lock:
             self._requests_seen += 1
             self._request_stamps[request_id] = stamp
-            if len(self._request_stamps) > REQUEST_MEMORY:
-                self._request_stamps.pop(next(iter(self._request_stamps)))
 
     def on_response(self, request_id: int, status: int, arrival: float, horizon: int, dim: int, values: int,
                     denoising_steps: int, server_latency_ms: float, message: str) -> None:
         with self._lock:
-            stamp = self._request_stamps.pop(request_id, None)
-            e2e = (arrival - stamp) * 1000.0 if stamp is not None and status == OK else None
             self._responses.append(ResponseRecord(request_id, status, arrival, horizon, dim, values,
-                                                  denoising_steps, server_latency_ms, e2e, message))
+                                                  denoising_steps, server_latency_ms, message))
 
     def on_episode(self, episode: Dict[str, Any]) -> None:
         with self._lock:
@@ -156,11 +154,12 @@ class SmokeRecorder:
     def report(self, thresholds: Thresholds, window_end: float) -> SmokeReport:
         with self._lock:
             responses = list(self._responses)
+            stamps = dict(self._request_stamps)
             episodes = list(self._episodes)
             warmup = self._warmup_episodes
             requests_seen = self._requests_seen
             diagnostics = dict(self._diagnostics)
-        return judge(responses, episodes, warmup, requests_seen, diagnostics, thresholds,
+        return judge(responses, stamps, episodes, warmup, requests_seen, diagnostics, thresholds,
                      window_end - self.window_start)
 
 
@@ -171,14 +170,16 @@ def accepted_rate(arrivals: List[float]) -> float:
     return (len(arrivals) - 1) / span if span > 0 else float("inf")
 
 
-def judge(responses: List[ResponseRecord], episodes: List[Dict[str, Any]], warmup_episodes: int,
-          requests_seen: int, diagnostics: Dict[str, str], t: Thresholds, window_s: float) -> SmokeReport:
+def judge(responses: List[ResponseRecord], request_stamps: Dict[int, float], episodes: List[Dict[str, Any]],
+          warmup_episodes: int, requests_seen: int, diagnostics: Dict[str, str], t: Thresholds,
+          window_s: float) -> SmokeReport:
     """Compute the summary and the pass/fail of every check."""
     statuses = Counter(STATUS_NAMES.get(r.status, str(r.status)) for r in responses)
     ok = [r for r in responses if r.status == OK]
     accepted = [r.arrival for r in responses if r.status not in NOT_ACCEPTED]
     rate = accepted_rate(accepted)
-    e2e = percentiles([r.e2e_latency_ms for r in ok if r.e2e_latency_ms is not None])
+    e2e = percentiles([(r.arrival - request_stamps[r.request_id]) * 1000.0 for r in ok
+                       if r.request_id in request_stamps])
     server = percentiles([r.server_latency_ms for r in ok])
     with_actions = [r for r in responses if r.horizon or r.dim or r.values]
     bad_shapes = [r for r in with_actions
@@ -203,6 +204,8 @@ def judge(responses: List[ResponseRecord], episodes: List[Dict[str, Any]], warmu
         requests_seen=requests_seen,
         responses=len(responses),
         statuses=dict(statuses),
+        non_ok_reasons=dict(Counter(f"{STATUS_NAMES.get(r.status, str(r.status))}: {r.message[:MESSAGE_CHARS]}"
+                                    for r in responses if r.status != OK).most_common(MAX_REASONS)),
         accepted=len(accepted),
         accepted_rate_hz=rate,
         e2e_latency_ms=e2e,
@@ -230,6 +233,7 @@ def format_table(report: SmokeReport, title: str = "smoke check") -> str:
         f"  accepted {report.accepted} at {report.accepted_rate_hz:.2f} Hz · latency p50 / p95: end-to-end "
         f"{ms(e2e)}, server {ms(server)} · steps used {report.steps_used or '-'}",
         f"  episodes {len(report.episodes)} (+{report.warmup_episodes} warm-up not counted)",
+        *(f"  non-OK x{count}: {reason}" for reason, count in report.non_ok_reasons.items()),
         "",
         f"  {'check':<18} {'value':<20} {'limit':<22} result",
         f"  {'-' * 18} {'-' * 20} {'-' * 22} ------",

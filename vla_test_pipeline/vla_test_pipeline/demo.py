@@ -10,6 +10,7 @@ table, the paths PNG and exit code 0 (all checks passed), 1 (a check failed or a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from rclpy.parameter import Parameter
 
 from vla_test_pipeline.checker import format_table
 from vla_test_pipeline.checker_node import SmokeCheckerNode
-from vla_test_pipeline.graph import checker_parameters
+from vla_test_pipeline.graph import checker_parameters, graph_environment
 from vla_test_pipeline.runner import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GraphSession, add_graph_arguments,
                                       config_from_args, stop_on_signals, timestamped)
 
@@ -33,6 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.duration <= 0:
         parser.error("--duration must be positive")
     config = config_from_args(args)
+    os.environ.update(graph_environment(os.environ))  # the in-process checker uses the graph's transports too
     show = timestamped(time.monotonic())
     stop = threading.Event()
     with stop_on_signals(stop) as received:

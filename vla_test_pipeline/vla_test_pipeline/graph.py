@@ -19,6 +19,8 @@ PIPELINE_PACKAGE = "vla_test_pipeline"
 INFERENCE_NODE = "vla_inference_node"
 CHECKER_NODE = "smoke_checker"
 CAMERA_NAMES: Tuple[str, ...] = ("front", "left", "right")
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_PROFILE = "fastdds_large_data.xml"
 BACKENDS: Tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 
 
@@ -27,6 +29,7 @@ class GraphConfig:
     """The knobs a user turns: the launch arguments and the runner's command-line options."""
 
     backend: str = "onnxruntime"
+    model_dir: str = ""  # "" = the shipped policy
     denoising_steps: int = 10
     num_cameras: int = 3
     use_lidar: bool = True
@@ -78,17 +81,35 @@ class NodeSpec:
         return yaml.safe_dump({self.name: {"ros__parameters": dict(self.parameters)}}, sort_keys=True)
 
 
-def inference_config_file() -> Optional[str]:
-    """The inference node's installed defaults (config/vla_inference.yaml), when the package is found."""
+def _share_file(package: str, *parts: str) -> Optional[str]:
+    """A file under an installed package's share directory, or None when the package or file is missing."""
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     except ImportError:
         return None
     try:
-        path = Path(get_package_share_directory(INFERENCE_PACKAGE)) / "config" / "vla_inference.yaml"
+        path = Path(get_package_share_directory(package)).joinpath(*parts)
     except PackageNotFoundError:
         return None
     return str(path) if path.is_file() else None
+
+
+def graph_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """Variables every process of the graph needs on top of ``environ``.
+
+    The Fast DDS profile with a large shared-memory segment (see config/fastdds_large_data.xml: with
+    the default transports most best-effort 900 KB camera frames are lost); a profile file the user
+    already chose wins.
+    """
+    profile = _share_file(PIPELINE_PACKAGE, "config", FASTDDS_PROFILE)
+    if profile is None or environ.get(FASTDDS_PROFILE_VARIABLE):
+        return {}
+    return {FASTDDS_PROFILE_VARIABLE: profile}
+
+
+def inference_config_file() -> Optional[str]:
+    """The inference node's installed defaults (config/vla_inference.yaml), when the package is found."""
+    return _share_file(INFERENCE_PACKAGE, "config", "vla_inference.yaml")
 
 
 def build_graph(config: GraphConfig, include_checker: bool = False) -> List[NodeSpec]:
@@ -104,6 +125,7 @@ def build_graph(config: GraphConfig, include_checker: bool = False) -> List[Node
             INFERENCE_PACKAGE, "vla_inference_node", INFERENCE_NODE,
             parameters={
                 "backend": config.backend,
+                "model_dir": config.model_dir,
                 "denoising_steps": config.denoising_steps,
                 "camera_names": cameras,
             },

@@ -8,12 +8,15 @@ this module must import on machines without them (the runner shares the package)
 """
 from __future__ import annotations
 
+import os
 from typing import Any, List, Sequence
 
-from vla_test_pipeline.graph import BACKENDS, CAMERA_NAMES, CHECKER_NODE, GraphConfig, NodeSpec, build_graph
+from vla_test_pipeline.graph import (BACKENDS, CAMERA_NAMES, CHECKER_NODE, GraphConfig, NodeSpec, build_graph,
+                                     graph_environment)
 
 ARGUMENTS = (
     ("backend", "onnxruntime", "Inference runtime: " + ", ".join(BACKENDS)),
+    ("model_dir", "", "Model directory; empty = the shipped policy"),
     ("denoising_steps", "10", "Euler steps of the action expert, 1..50"),
     ("num_cameras", "3", f"Cameras, the first N of {', '.join(CAMERA_NAMES)}"),
     ("use_lidar", "true", "Simulate the LiDAR and run its adapter (true/false)"),
@@ -25,11 +28,12 @@ ARGUMENTS = (
 
 def generate_launch_description() -> Any:
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, default, description in ARGUMENTS]
-    return LaunchDescription([*arguments, OpaqueFunction(function=_actions_from_arguments)])
+    environment = [SetEnvironmentVariable(name, value) for name, value in graph_environment(os.environ).items()]
+    return LaunchDescription([*arguments, *environment, OpaqueFunction(function=_actions_from_arguments)])
 
 
 def _actions_from_arguments(context: Any) -> List[Any]:
@@ -43,6 +47,7 @@ def _actions_from_arguments(context: Any) -> List[Any]:
         raise ValueError(f"use_lidar: expected true or false, received {use_lidar!r}")
     config = GraphConfig(
         backend=value("backend"),
+        model_dir=value("model_dir"),
         denoising_steps=int(value("denoising_steps")),
         num_cameras=int(value("num_cameras")),
         use_lidar=use_lidar == "true",

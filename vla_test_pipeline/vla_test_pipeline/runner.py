@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-from vla_test_pipeline.graph import BACKENDS, CAMERA_NAMES, GraphConfig, build_graph
+from vla_test_pipeline.graph import BACKENDS, CAMERA_NAMES, GraphConfig, build_graph, graph_environment
 from vla_test_pipeline.lifecycle import LifecycleClient
 from vla_test_pipeline.processes import ProcessSet, Resolver, installed_executable
 
@@ -55,7 +56,8 @@ class GraphSession:
         self.nodes = build_graph(config, include_checker=include_checker)
         self.out_dir = out_dir
         self.stop = stop or threading.Event()
-        self.processes = ProcessSet(out_dir / "logs", out_dir / "params", resolve)
+        self.processes = ProcessSet(out_dir / "logs", out_dir / "params", resolve,
+                                    env={**os.environ, **graph_environment(os.environ)})
         self._progress = progress
         self._timeouts = timeouts
         self._context: Optional[Context] = None
@@ -134,9 +136,10 @@ class GraphSession:
         if any(True for _ in self.processes):
             self._progress("stopping the graph")
             self.exit_codes = self.processes.stop()
-            forced = [name for name, code in self.exit_codes.items() if code in (-signal.SIGTERM, -signal.SIGKILL)]
-            if forced:
-                self._progress(f"had to SIGTERM/SIGKILL: {', '.join(forced)}")
+            unclean = {name: code for name, code in self.exit_codes.items() if code != 0}
+            if unclean:
+                self._progress("exit codes other than 0 (negative = signal): "
+                               + ", ".join(f"{name}={code}" for name, code in unclean.items()))
         if self._executor is not None:
             self._executor.shutdown(timeout_sec=2.0)
         for node in (*self._guest_nodes, *([self.node] if self.node is not None else [])):
@@ -174,6 +177,7 @@ def timestamped(start: float) -> Progress:
 
 def add_graph_arguments(parser: argparse.ArgumentParser, default_duration: float) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--model-dir", default="", help="model directory (default: the shipped policy)")
     parser.add_argument("--steps", type=int, default=10, help="denoising_steps of the inference node (1..50)")
     parser.add_argument("--cameras", type=int, default=3, choices=range(1, len(CAMERA_NAMES) + 1),
                         help="number of cameras (front, left, right: the first N)")
@@ -183,7 +187,7 @@ def add_graph_arguments(parser: argparse.ArgumentParser, default_duration: float
 
 
 def config_from_args(args: argparse.Namespace) -> GraphConfig:
-    return GraphConfig(backend=args.backend, denoising_steps=args.steps, num_cameras=args.cameras,
+    return GraphConfig(backend=args.backend, model_dir=args.model_dir, denoising_steps=args.steps, num_cameras=args.cameras,
                        use_lidar=not args.no_lidar, duration_s=args.duration, output_dir=str(args.out))
 
 
@@ -191,6 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run the synthetic-robot graph as processes (no launch_ros).")
     add_graph_arguments(parser, default_duration=0.0)
     args = parser.parse_args(argv)
+    os.environ.update(graph_environment(os.environ))  # this process's own nodes use the graph's transports too
     show = timestamped(time.monotonic())
     stop = threading.Event()
     with stop_on_signals(stop) as received:
