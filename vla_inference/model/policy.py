@@ -53,7 +53,7 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Union[int, 
     """Cheap trace-safe shape check (``None`` = any size, used for the batch axis)."""
     shape = tuple(tensor.shape)
     if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
-        shown = tuple("batch" if e is None else e for e in expected)
+        shown = "(" + ", ".join("batch" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{name}: expected shape {shown}, received {shape}")
 
 
@@ -184,6 +184,21 @@ class ExpertBlock(nn.Module):
         self.mlp = GeGLU(width, mlp_dim)
 
 
+def sincos_positions_2d(rows: int, cols: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sine/cosine table [rows * cols, width], row-major; the initial value of learned
+    position embeddings, so token positions are linearly readable from the first step."""
+    quarter = width // 4
+    frequencies = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter)))
+    row, col = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(cols, dtype=torch.float32),
+                              indexing="ij")
+    parts = []
+    for coordinate in (row.reshape(-1), col.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, dim=1)
+    return F.pad(table, (0, width - table.shape[1])) * 0.5
+
+
 class ViTBlock(nn.Module):
     """SigLIP encoder block: pre-LayerNorm, multi-head attention, GELU-tanh MLP."""
 
@@ -215,9 +230,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if width % num_heads:
             raise ValueError(f"vision width {width} must be a multiple of num_heads {num_heads}")
-        tokens = (image_size // patch_size) ** 2
+        grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
-        self.position = nn.Parameter(torch.randn(tokens, width) * 0.02)
+        self.position = nn.Parameter(sincos_positions_2d(grid, grid, width))
         self.blocks = nn.ModuleList(ViTBlock(width, num_heads, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
@@ -244,7 +259,8 @@ class VisionEngine(nn.Module):
         # Channels: range / max_range, validity, log-compressed range (resolves the near field).
         self.lidar_embed = nn.Conv2d(3, b.width, kernel_size=(lidar.patch_rows, lidar.patch_cols),
                                      stride=(lidar.patch_rows, lidar.patch_cols))
-        self.lidar_position = nn.Parameter(torch.randn(cfg.lidar_tokens, b.width) * 0.02)
+        self.lidar_position = nn.Parameter(
+            sincos_positions_2d(lidar.rows // lidar.patch_rows, lidar.cols // lidar.patch_cols, b.width))
         self.text_embedding = nn.Embedding(cfg.text_vocab_size, b.width)
         self.state_projection = nn.Linear(cfg.state_dim, b.width)
         self.layers = nn.ModuleList(
@@ -260,6 +276,15 @@ class VisionEngine(nn.Module):
     def forward(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
                 lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
                 state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        prefix_kv, prefix_mask, _ = self.encode(images, camera_mask, lidar_range, lidar_mask, text_tokens, text_mask,
+                                                state)
+        return prefix_kv, prefix_mask
+
+    def encode(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
+               lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` plus the residual stream entering the last layer [B, prefix_len, width]
+        (what auxiliary training losses read)."""
         cfg = self.cfg
         size, cameras = cfg.vision.image_size, cfg.max_cameras
         _check_shape("images", images, (None, cameras, 3, size, size))
@@ -291,9 +316,10 @@ class VisionEngine(nn.Module):
             ],
             dim=1,
         )
-        return self._backbone(x, prefix_mask), prefix_mask
+        prefix_kv, hidden = self._backbone(x, prefix_mask)
+        return prefix_kv, prefix_mask, hidden
 
-    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Full attention within the prefix; returns stacked keys/values of every layer.
 
         The last layer's attention output and MLP only feed text decoding, which this policy does
@@ -310,7 +336,7 @@ class VisionEngine(nn.Module):
                 q = layer.attn.query(h, cos, sin)
                 x = x + layer.attn.output(grouped_attention(q, k, v, bias))
                 x = x + layer.mlp(layer.mlp_norm(x))
-        return torch.stack(layer_kv, dim=1)
+        return torch.stack(layer_kv, dim=1), x
 
 
 def time_embedding(time: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
@@ -329,6 +355,8 @@ class ActionExpert(nn.Module):
         self.cfg = cfg
         b, e = cfg.backbone, cfg.expert
         self.action_in = nn.Linear(cfg.action_dim, e.width)
+        # Which step of the chunk a token is: at t ~ 1 the noisy input carries no such information.
+        self.step_embedding = nn.Parameter(torch.randn(cfg.action_horizon, e.width) * 0.02)
         self.time_mlp_in = nn.Linear(e.width, e.width)
         self.time_mlp_out = nn.Linear(e.width, e.width)
         self.layers = nn.ModuleList(
@@ -342,6 +370,14 @@ class ActionExpert(nn.Module):
 
     def forward(self, noisy_actions: torch.Tensor, time: torch.Tensor, prefix_kv: torch.Tensor,
                 prefix_mask: torch.Tensor) -> torch.Tensor:
+        """Flow velocity [B, H, D] at ``(noisy_actions, time)``: ``(x_t - x0_hat) / t``."""
+        clean = self.denoise(noisy_actions, time, prefix_kv, prefix_mask)
+        t = time.float().clamp(min=MIN_FLOW_TIME)[:, None, None]
+        return ((noisy_actions.float() - clean) / t).to(noisy_actions.dtype)
+
+    def denoise(self, noisy_actions: torch.Tensor, time: torch.Tensor, prefix_kv: torch.Tensor,
+                prefix_mask: torch.Tensor) -> torch.Tensor:
+        """The clean-chunk estimate x0_hat [B, H, D] (float32), the quantity training regresses."""
         cfg, b = self.cfg, self.cfg.backbone
         horizon, prefix_len = cfg.action_horizon, cfg.prefix_len
         _check_shape("noisy_actions", noisy_actions, (None, horizon, cfg.action_dim))
@@ -353,9 +389,8 @@ class ActionExpert(nn.Module):
 
         t = time.float().clamp(min=MIN_FLOW_TIME)[:, None, None]
         scale = self.action_scale.float()
-        x_t = noisy_actions.float()
-        preconditioned = x_t * torch.rsqrt(t * t + ((1.0 - t) * scale) ** 2)
-        h = self.action_in(preconditioned.to(dtype))
+        preconditioned = noisy_actions.float() * torch.rsqrt(t * t + ((1.0 - t) * scale) ** 2)
+        h = self.action_in(preconditioned.to(dtype)) + self.step_embedding
         cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_embedding(time, h.shape[-1]).to(dtype)))))
 
         cos, sin = rope_tables(torch.arange(prefix_len, prefix_len + horizon, device=h.device), b.head_dim, dtype)
@@ -372,12 +407,7 @@ class ActionExpert(nn.Module):
             normed, gate = layer.mlp_norm(h, cond)
             h = h + gate * layer.mlp(normed)
         normed, _ = self.final_norm(h, cond)
-        clean = self.action_out(normed).float() * scale
-        return ((x_t - clean) / t).to(noisy_actions.dtype)
-
-    def clean_actions(self, velocity: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """Invert the output parameterisation: x0 = x_t - t * v (the training target space)."""
-        return noisy_actions - time.clamp(min=MIN_FLOW_TIME)[:, None, None] * velocity
+        return self.action_out(normed).float() * scale
 
 
 class VlaPolicy(nn.Module):

@@ -69,6 +69,7 @@ class TrainingSet:
     state: np.ndarray  # float32 [N, 8]
     actions: np.ndarray  # float32 [N, H, D]
     slow: np.ndarray  # bool [N]: a pole stands next to the path
+    target_offset: np.ndarray  # float32 [N, 3]: named cube's top centre minus the end-effector start
 
     def __len__(self) -> int:
         return int(self.layout_index.shape[0])
@@ -112,6 +113,7 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
     state = np.zeros((count, STATE_DIM), dtype=np.float32)
     actions = np.zeros((count, HORIZON, ACTION_DIM), dtype=np.float32)
     slow = np.zeros(count, dtype=bool)
+    target_offset = np.zeros((count, 3), dtype=np.float32)
     for layout_i in range(num_layouts):
         seed = first_seed + layout_i
         rng = np.random.default_rng(seed)
@@ -128,7 +130,8 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
             state[n] = scene.state
             actions[n] = expert_actions(scene)
             slow[n] = step_length(scene) == SLOW_STEP_M
+            target_offset[n] = scene.target_position - np.asarray(scene.ee_start)
         if (layout_i + 1) % 500 == 0:
             logger.info("generated %d / %d layouts", layout_i + 1, num_layouts)
-    return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow)
+    return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow, target_offset)
 

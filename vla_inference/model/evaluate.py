@@ -1,0 +1,304 @@
+"""Held-out evaluation of a model directory: action MSE and task success per backend and precision.
+
+``python -m vla_inference.model.evaluate --model-dir models/tiny`` (the ``vla-eval`` entry point)
+samples one chunk per held-out scene (seeds from ``EVAL_SEED_BASE``, disjoint from training) with
+10 Euler steps from seeded noise shared by every backend, executes it with ``simulate`` and counts a
+success when the end point is within ``SUCCESS_TOLERANCE_M`` of the ground-truth chunk's end point.
+Backends: PyTorch fp32 (from ``policy.safetensors``) and ONNX Runtime for every precision in the
+manifest. The ONNX Runtime fp32 engines are also run with sensors removed (one camera; no LiDAR),
+to show what each modality is worth, and timed at batch 1 and 4.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from vla_inference.model.config import VlaConfig
+from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, check_inputs, engine_specs
+from vla_inference.runtime.manifest import load_manifest
+from vla_inference.runtime.observation import vision_feeds
+from vla_inference.synthetic.dataset import EVAL_SEED_BASE, make_observation
+from vla_inference.synthetic.scene import (
+    SLOW_STEP_M,
+    SUCCESS_TOLERANCE_M,
+    chunk_goal,
+    expert_actions,
+    generate_scene,
+    simulate,
+    step_length,
+)
+
+DEFAULT_SCENES = 200
+DEFAULT_STEPS = 10
+EVAL_BATCH = 25
+DISPERSION_SAMPLES = 4
+
+Sampler = Callable[[Dict[str, np.ndarray], np.ndarray, int], np.ndarray]
+
+
+@dataclass
+class EvalSet:
+    """Everything a backend needs for held-out scenes, built once and shared."""
+
+    seeds: np.ndarray
+    feeds: Dict[str, np.ndarray]
+    actions: np.ndarray  # ground truth [N, H, D]
+    ee_start: np.ndarray  # [N, 3]
+    goals: np.ndarray  # [N, 3], end points of the ground-truth chunks
+    slow: np.ndarray  # bool [N]: a pole next to the path
+    noise: np.ndarray  # [N, H, D], seeded per scene
+
+    def __len__(self) -> int:
+        return int(self.seeds.shape[0])
+
+
+def build_eval_set(cfg: VlaConfig, num_scenes: int = DEFAULT_SCENES, seed_base: int = EVAL_SEED_BASE,
+                   num_cameras: int = 3, with_lidar: bool = True) -> EvalSet:
+    seeds = np.arange(seed_base, seed_base + num_scenes)
+    scenes = [generate_scene(int(s)) for s in seeds]
+    observations = [make_observation(s, num_cameras, with_lidar, cfg.vision.image_size) for s in scenes]
+    noise = np.stack([
+        np.random.default_rng([int(s), 7]).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+        for s in seeds
+    ])
+    return EvalSet(
+        seeds=seeds,
+        feeds=vision_feeds(observations, cfg),
+        actions=np.stack([expert_actions(s) for s in scenes]),
+        ee_start=np.array([s.ee_start for s in scenes]),
+        goals=np.stack([chunk_goal(s) for s in scenes]),
+        slow=np.array([step_length(s) == SLOW_STEP_M for s in scenes]),
+        noise=noise,
+    )
+
+
+def with_sensors(eval_set: EvalSet, num_cameras: int, with_lidar: bool) -> EvalSet:
+    """The same scenes with cameras >= ``num_cameras`` and/or the LiDAR masked out and zeroed."""
+    feeds = {k: v.copy() for k, v in eval_set.feeds.items()}
+    feeds["camera_mask"][:, num_cameras:] = False
+    feeds["images"][:, num_cameras:] = 0.0
+    if not with_lidar:
+        feeds["lidar_mask"][:] = False
+        feeds["lidar_range"][:] = 0.0
+    return EvalSet(eval_set.seeds, feeds, eval_set.actions, eval_set.ee_start, eval_set.goals, eval_set.slow,
+                   eval_set.noise)
+
+
+def flow_times(steps: int) -> np.ndarray:
+    """t_i = 1 - i / steps, float32 (the engine_spec convention)."""
+    return (1.0 - np.arange(steps, dtype=np.float64) / steps).astype(np.float32)
+
+
+class OrtPolicy:
+    """The two ONNX engines in ONNX Runtime with a NumPy Euler loop outside the expert."""
+
+    def __init__(self, vision_path: Path, expert_path: Path, cfg: VlaConfig, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        self.vision = ort.InferenceSession(str(vision_path), options, providers=providers)
+        self.expert = ort.InferenceSession(str(expert_path), options, providers=providers)
+        self.specs = engine_specs(cfg)
+
+    def encode(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        check_inputs(self.specs[VISION], feeds)
+        return self.vision.run(None, feeds)
+
+    def velocity(self, x: np.ndarray, t: np.ndarray, prefix_kv: np.ndarray, prefix_mask: np.ndarray) -> np.ndarray:
+        return self.expert.run(None, {"noisy_actions": x, "time": t, "prefix_kv": prefix_kv,
+                                      "prefix_mask": prefix_mask})[0]
+
+    def sample(self, feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
+        prefix_kv, prefix_mask = self.encode(feeds)
+        x = noise.astype(np.float32, copy=True)
+        check_inputs(self.specs[ACTION_EXPERT], {"noisy_actions": x, "time": np.ones(len(x), np.float32),
+                                                  "prefix_kv": prefix_kv, "prefix_mask": prefix_mask})
+        dt = np.float32(-1.0 / steps)
+        for t in flow_times(steps):
+            x = x + dt * self.velocity(x, np.full(len(x), t, np.float32), prefix_kv, prefix_mask)
+        return x
+
+
+def torch_sampler(weights: Path, cfg: VlaConfig) -> Sampler:
+    import torch
+
+    from vla_inference.model.policy import load_policy
+
+    policy = load_policy(weights, cfg)
+
+    def sample(feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
+        tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        return policy.sample(tensors, steps, torch.from_numpy(noise)).numpy()
+
+    return sample
+
+
+def _batched(sampler: Sampler, eval_set: EvalSet, steps: int, noise: Optional[np.ndarray] = None) -> np.ndarray:
+    noise = eval_set.noise if noise is None else noise
+    chunks = []
+    for start in range(0, len(eval_set), EVAL_BATCH):
+        part = slice(start, start + EVAL_BATCH)
+        chunks.append(sampler({k: v[part] for k, v in eval_set.feeds.items()}, noise[part], steps))
+    return np.concatenate(chunks)
+
+
+def score(predicted: np.ndarray, eval_set: EvalSet) -> Dict[str, float]:
+    """Action MSE (all dims, action units), position MSE (cm^2), end-point error and success rates."""
+    ends = np.stack([simulate(e, a)[-1] for e, a in zip(eval_set.ee_start, predicted)])
+    error = np.linalg.norm(ends - eval_set.goals, axis=1)
+    success = error <= SUCCESS_TOLERANCE_M
+    slow = eval_set.slow
+    return {
+        "action_mse": float(np.mean((predicted - eval_set.actions) ** 2)),
+        "position_mse_cm2": float(np.mean(((predicted[..., :3] - eval_set.actions[..., :3]) * 100.0) ** 2)),
+        "endpoint_error_cm_median": float(np.median(error) * 100.0),
+        "success": float(success.mean()),
+        "success_pole_near_path": float(success[slow].mean()) if slow.any() else float("nan"),
+        "success_clear_path": float(success[~slow].mean()) if (~slow).any() else float("nan"),
+        "scenes": int(len(eval_set)),
+    }
+
+
+def dispersion(sampler: Sampler, eval_set: EvalSet, steps: int, samples: int = DISPERSION_SAMPLES) -> np.ndarray:
+    """Per scene RMS std over ``samples`` chunks from different noise (the runtime's confidence input)."""
+    draws = [
+        _batched(sampler, eval_set, steps,
+                 np.stack([np.random.default_rng([int(s), 100 + k]).standard_normal(eval_set.noise.shape[1:])
+                           for s in eval_set.seeds]).astype(np.float32))
+        for k in range(samples)
+    ]
+    stacked = np.stack(draws, axis=1)
+    return np.sqrt(stacked.var(axis=1, ddof=1).mean(axis=(1, 2)))
+
+
+def measure_latency(policy: OrtPolicy, cfg: VlaConfig, batch: int, repeats: int = 20) -> Dict[str, float]:
+    """Median wall time (ms) of one vision call and one expert call at ``batch``."""
+    eval_set = build_eval_set(cfg, num_scenes=batch, seed_base=EVAL_SEED_BASE + 900_000)
+    prefix_kv, prefix_mask = policy.encode(eval_set.feeds)
+    t = np.full(batch, 0.5, np.float32)
+    vision_ms, expert_ms = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        policy.vision.run(None, eval_set.feeds)
+        vision_ms.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        policy.velocity(eval_set.noise, t, prefix_kv, prefix_mask)
+        expert_ms.append((time.perf_counter() - start) * 1e3)
+    return {"vision_ms": float(np.median(vision_ms)), "expert_ms": float(np.median(expert_ms))}
+
+
+def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps: int = DEFAULT_STEPS,
+                       with_torch: bool = True, with_ablations: bool = True, with_latency: bool = True,
+                       progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+    """Evaluate every backend/precision of ``model_dir``; returns a JSON-ready dict."""
+    manifest = load_manifest(model_dir)
+    cfg = manifest.config
+    log = progress or (lambda message: None)
+    log(f"building {num_scenes} held-out scenes")
+    eval_set = build_eval_set(cfg, num_scenes)
+    results: Dict[str, Dict[str, float]] = {}
+    ort_policies = {
+        precision: OrtPolicy(manifest.engine(precision, VISION).path, manifest.engine(precision, ACTION_EXPERT).path, cfg)
+        for precision in manifest.precisions
+    }
+    if with_torch and manifest.weights_path is not None:
+        log("PyTorch fp32")
+        results["pytorch/fp32"] = score(_batched(torch_sampler(manifest.weights_path, cfg), eval_set, steps), eval_set)
+    for precision, policy in ort_policies.items():
+        log(f"ONNX Runtime {precision}")
+        results[f"onnxruntime/{precision}"] = score(_batched(policy.sample, eval_set, steps), eval_set)
+    report: Dict[str, object] = {
+        "model_dir": str(model_dir),
+        "scenes": num_scenes,
+        "seed_base": EVAL_SEED_BASE,
+        "steps": steps,
+        "success_tolerance_m": SUCCESS_TOLERANCE_M,
+        "pole_near_path_fraction": float(eval_set.slow.mean()),
+        "results": results,
+    }
+    reference = ort_policies.get("fp32")
+    if reference is not None and with_ablations:
+        ablations = {}
+        for name, cameras, lidar in (("1 camera", 1, True), ("2 cameras", 2, True), ("no LiDAR", 3, False)):
+            log(f"ablation: {name}")
+            ablated = with_sensors(eval_set, cameras, lidar)
+            ablations[name] = score(_batched(reference.sample, ablated, steps), ablated)
+        report["ablations_onnxruntime_fp32"] = ablations
+        log("sample dispersion")
+        full = dispersion(reference.sample, eval_set, steps)
+        blind = dispersion(reference.sample, with_sensors(eval_set, 3, False), steps)
+        report["dispersion"] = {
+            "all_sensors_median": float(np.median(full)),
+            "all_sensors_p95": float(np.percentile(full, 95)),
+            "no_lidar_median": float(np.median(blind)),
+            "no_lidar_p95": float(np.percentile(blind, 95)),
+        }
+    if reference is not None and with_latency:
+        log("latency")
+        report["latency_onnxruntime_cpu"] = {
+            f"{precision}/batch{batch}": measure_latency(policy, cfg, batch)
+            for precision, policy in ort_policies.items() for batch in (1, 4)
+        }
+    return report
+
+
+def format_report(report: Dict[str, object]) -> str:
+    """Human-readable tables of a report from ``evaluate_model_dir``."""
+    lines = [
+        f"held-out scenes: {report['scenes']} (seeds {report['seed_base']}..), {report['steps']} Euler steps, "
+        f"success = end point within {100 * float(report['success_tolerance_m']):.0f} cm of the chunk goal; "
+        f"pole near path in {100 * float(report['pole_near_path_fraction']):.0f}% of scenes",
+        "",
+        _table("backend/precision", report["results"]),  # type: ignore[arg-type]
+    ]
+    if "ablations_onnxruntime_fp32" in report:
+        lines += ["", _table("sensors (ORT fp32)", report["ablations_onnxruntime_fp32"])]  # type: ignore[arg-type]
+    if "latency_onnxruntime_cpu" in report:
+        lines += ["", f"{'ORT CPU latency':<22}{'vision ms':>11}{'expert ms':>11}"]
+        for key, value in report["latency_onnxruntime_cpu"].items():  # type: ignore[union-attr]
+            lines.append(f"{key:<22}{value['vision_ms']:>11.2f}{value['expert_ms']:>11.2f}")
+    return "\n".join(lines)
+
+
+def _table(title: str, rows: Dict[str, Dict[str, float]]) -> str:
+    header = f"{title:<22}{'action MSE':>12}{'pos MSE cm2':>13}{'end err cm':>12}{'success':>9}{'near pole':>11}{'clear':>8}"
+    lines = [header, "-" * len(header)]
+    for name, m in rows.items():
+        lines.append(
+            f"{name:<22}{m['action_mse']:>12.5f}{m['position_mse_cm2']:>13.3f}{m['endpoint_error_cm_median']:>12.2f}"
+            f"{100 * m['success']:>8.1f}%{100 * m['success_pole_near_path']:>10.1f}%{100 * m['success_clear_path']:>7.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("models/tiny"))
+    parser.add_argument("--scenes", type=int, default=DEFAULT_SCENES)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--json", type=Path, default=Path("vla_eval.json"), help="where to write the report")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch backend")
+    parser.add_argument("--quick", action="store_true", help="skip ablations, dispersion and latency")
+    args = parser.parse_args(argv)
+    report = evaluate_model_dir(args.model_dir, args.scenes, args.steps, with_torch=not args.no_torch,
+                                with_ablations=not args.quick, with_latency=not args.quick,
+                                progress=lambda message: print(f"[eval] {message}", file=sys.stderr, flush=True))
+    print(format_report(report))
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Train the ``tiny`` policy on the synthetic reach task, then export, quantise, evaluate and ship it.
+
+One command regenerates ``models/tiny`` (weights, ONNX engines, INT8 engines if they keep within
+3 points of fp32 success, manifest, loss curve, evaluation and model card)::
+
+    python -m vla_inference.model.train --out models/tiny
+
+Flow matching with an x0 head (see ``policy``): for each observation, ``--noise-draws`` pairs of
+(noise, t ~ U(0, 1)) give x_t = t * noise + (1 - t) * actions, and the expert's clean-chunk estimate
+is regressed onto the actions, in units of the per-dimension action scale. Camera count (1-3) and
+LiDAR presence are randomised per sample so the masks are trained. Seeded and CPU-only: the same
+command on the same software gives the same weights.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import vla_inference.synthetic as synthetic_package
+from vla_inference.model.config import VlaConfig, tiny
+from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, engine_specs
+from vla_inference.model.evaluate import (
+    DEFAULT_STEPS,
+    OrtPolicy,
+    build_eval_set,
+    evaluate_model_dir,
+    format_report,
+)
+from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_int8
+from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, save_policy
+from vla_inference.runtime.manifest import write_manifest
+from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
+
+INT8_MAX_SUCCESS_DROP = 0.03
+SHIP_LIMIT_BYTES = 30 * 1024 * 1024
+LOSS_CURVE_FILE = "loss_curve.png"
+EVAL_FILE = "eval.json"
+CARD_FILE = "MODEL_CARD.md"
+TRAINING_FILE = "training.json"
+PROBE_OFFSET_SCALE_M = 0.3
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    layouts: int = 3000
+    tasks_per_layout: int = 8
+    steps: int = 2400
+    batch: int = 32
+    noise_draws: int = 2
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema_decay: float = 0.998
+    grad_clip: float = 1.0
+    aux_weight: float = 1.0
+    camera_count_probs: tuple = (0.2, 0.2, 0.6)
+    lidar_prob: float = 0.8
+    threads: int = 2
+
+
+def _log(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
+def _generator_version() -> str:
+    """Hash of the synthetic generator's sources: a changed generator invalidates the cache."""
+    digest = hashlib.sha256()
+    sources = sorted(Path(synthetic_package.__file__).parent.glob("*.py"))
+    sources.append(Path(__file__).parents[1] / "sensors" / "lidar_projection.py")
+    for path in sources:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _generate_chunk(args: tuple) -> TrainingSet:
+    first_seed, count, tasks = args
+    return generate_training_set(count, tasks, first_seed=first_seed)
+
+
+def load_or_generate(layouts: int, tasks: int, cache_dir: Path, workers: int) -> TrainingSet:
+    """The training set, from ``cache_dir`` when a matching one is there (generated in parallel)."""
+    key = f"layouts{layouts}_tasks{tasks}_{_generator_version()}"
+    path = cache_dir / key
+    names = [f.name for f in fields(TrainingSet)]
+    if (path / "complete").is_file():
+        _log(f"loading cached training set {path}")
+        return TrainingSet(**{name: np.load(path / f"{name}.npy") for name in names})
+    _log(f"generating {layouts} layouts x {tasks} tasks with {workers} processes")
+    chunk = 100
+    jobs = [(start, min(chunk, layouts - start), tasks) for start in range(0, layouts, chunk)]
+    parts: List[TrainingSet] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for done, part in enumerate(pool.map(_generate_chunk, jobs), start=1):
+            parts.append(part)
+            _log(f"  {done * chunk if done < len(jobs) else layouts} / {layouts} layouts")
+    offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
+    data = TrainingSet(
+        images=np.concatenate([p.images for p in parts]),
+        layout_index=np.concatenate([p.layout_index + o for p, o in zip(parts, offsets)]),
+        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in names if name not in ("images", "layout_index")},
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        np.save(path / f"{name}.npy", getattr(data, name))
+    (path / "complete").write_text("ok\n")
+    return data
+
+
+class ProgressBar:
+    """One self-overwriting stderr line: step, bar, loss, rate and time left."""
+
+    def __init__(self, total: int, width: int = 30) -> None:
+        self.total, self.width, self.start = total, width, time.perf_counter()
+
+    def update(self, step: int, loss: float, smoothed: float, aux: float) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = step / max(elapsed, 1e-9)
+        left = (self.total - step) / max(rate, 1e-9)
+        filled = int(self.width * step / self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        sys.stderr.write(f"\r[train] {step:>5}/{self.total} |{bar}| loss {loss:.4f} (avg {smoothed:.4f}) aux {aux:.3f} "
+                         f"{rate:.2f} it/s, {int(left) // 60}:{int(left) % 60:02d} left ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+class TargetProbe(torch.nn.Module):
+    """Training-only auxiliary head on the state token entering the backbone's last layer: the
+    offset from the end effector to the named cube and whether a pole stands next to that path.
+    It hands the vision pathway a direct gradient for what the expert needs; it is not exported."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4))
+
+    def forward(self, state_token: torch.Tensor) -> torch.Tensor:
+        return self.head(state_token)
+
+
+def _lr_at(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> List[float]:
+    """Run the optimisation; leaves the EMA weights in ``policy``; returns per-step losses."""
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    probe = TargetProbe(policy.cfg.backbone.width)
+    decay, no_decay = [], []
+    for name, param in list(policy.named_parameters()) + list(probe.named_parameters(prefix="probe")):
+        (no_decay if param.ndim < 2 or "norm" in name or "position" in name or "embedding" in name else decay).append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
+    params = list(policy.parameters())
+    trained = params + list(probe.parameters())
+    ema = [p.detach().clone() for p in params]
+    scale = policy.action_expert.action_scale
+    draws = settings.noise_draws
+    order = rng.permutation(len(data))
+    cursor = 0
+    losses: List[float] = []
+    aux_losses: List[float] = []
+    smoothed = float("nan")
+    bar = ProgressBar(settings.steps)
+    policy.train()
+    for step in range(settings.steps):
+        if cursor + settings.batch > len(order):
+            order, cursor = rng.permutation(len(data)), 0
+        indices = order[cursor: cursor + settings.batch]
+        cursor += settings.batch
+        cameras = rng.choice([1, 2, 3], size=settings.batch, p=settings.camera_count_probs)
+        lidar = rng.random(settings.batch) < settings.lidar_prob
+        feeds = {k: torch.from_numpy(v) for k, v in data.vision_feeds(indices, cameras, lidar).items()}
+        actions = torch.from_numpy(data.actions[indices]).repeat_interleave(draws, 0)
+
+        prefix_kv, prefix_mask, hidden = policy.vision_engine.encode(
+            *(feeds[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
+        probe_out = probe(hidden[:, -1])
+        offset_target = torch.from_numpy(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
+        slow_target = torch.from_numpy(data.slow[indices].astype(np.float32))
+        lidar_weight = torch.from_numpy(lidar.astype(np.float32))
+        aux_loss = ((probe_out[:, :3] - offset_target) ** 2).mean() + (
+            F.binary_cross_entropy_with_logits(probe_out[:, 3], slow_target, reduction="none") * lidar_weight).mean()
+        prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
+        t = torch.rand(actions.shape[0], generator=generator)
+        noise = torch.randn(actions.shape, generator=generator)
+        x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
+        clean = policy.action_expert.denoise(x_t, t, prefix_kv, prefix_mask)
+        flow_loss = (((clean - actions) / scale) ** 2).mean()
+        loss = flow_loss + settings.aux_weight * aux_loss
+
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, settings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            rate = min(settings.ema_decay, (1.0 + step) / (10.0 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - rate)
+
+        value = float(flow_loss.detach())
+        losses.append(value)
+        aux_losses.append(float(aux_loss.detach()))
+        smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
+        if step % 5 == 0 or step + 1 == settings.steps:
+            bar.update(step + 1, value, smoothed, aux_losses[-1])
+    bar.close()
+    with torch.no_grad():
+        for param, average in zip(params, ema):
+            param.copy_(average)
+    policy.eval()
+    return losses
+
+
+def plot_losses(losses: Sequence[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(losses)
+    window = max(1, len(values) // 50)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=90)
+    ax.semilogy(values, color="tab:blue", alpha=0.25, linewidth=0.8, label="per step")
+    ax.semilogy(np.arange(window - 1, len(values)), smooth, color="tab:blue", label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("x0 loss (action-scale units, MSE)")
+    ax.set_title("tiny policy: flow-matching training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parity(policy: VlaPolicy, out_dir: Path, files: Dict[str, str], scenes: int = 4, steps: int = 10) -> Dict[str, float]:
+    """Max abs difference PyTorch vs ONNX Runtime fp32 on held-out inputs: each engine and a chunk."""
+    cfg = policy.cfg
+    eval_set = build_eval_set(cfg, scenes)
+    runtime = OrtPolicy(out_dir / files[VISION], out_dir / files[ACTION_EXPERT], cfg)
+    feeds = {k: torch.from_numpy(v) for k, v in eval_set.feeds.items()}
+    with torch.no_grad():
+        kv, mask = policy.vision_engine(*(feeds[t.name] for t in engine_specs(cfg)[VISION].inputs))
+        t = torch.full((scenes,), 0.4)
+        velocity = policy.action_expert(torch.from_numpy(eval_set.noise), t, kv, mask)
+        chunk = policy.sample(feeds, steps, torch.from_numpy(eval_set.noise))
+    ort_kv, ort_mask = runtime.encode(eval_set.feeds)
+    ort_velocity = runtime.velocity(eval_set.noise, t.numpy(), kv.numpy(), mask.numpy())
+    ort_chunk = runtime.sample(eval_set.feeds, eval_set.noise, steps)
+    if not np.array_equal(ort_mask, mask.numpy()):
+        raise RuntimeError("prefix_mask differs between PyTorch and ONNX Runtime")
+    return {
+        "vision_prefix_kv": float(np.abs(ort_kv - kv.numpy()).max()),
+        "action_expert_velocity": float(np.abs(ort_velocity - velocity.numpy()).max()),
+        f"chunk_{steps}_steps": float(np.abs(ort_chunk - chunk.numpy()).max()),
+    }
+
+
+def _directory_bytes(out_dir: Path, names: Sequence[str]) -> int:
+    return sum((out_dir / n).stat().st_size for n in names)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    defaults = TrainSettings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("models/tiny"))
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--layouts", type=int, default=defaults.layouts)
+    parser.add_argument("--tasks-per-layout", type=int, default=defaults.tasks_per_layout)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--eval-scenes", type=int, default=200)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/vla_synthetic_cache"))
+    args = parser.parse_args(argv)
+    settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,
+                             steps=args.steps, batch=args.batch, lr=args.lr)
+    started = time.perf_counter()
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    cfg: VlaConfig = tiny()
+
+    data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, settings.threads)
+    data_seconds = time.perf_counter() - started
+    _log(f"training set: {len(data)} tasks over {data.images.shape[0]} layouts, "
+         f"{100 * data.slow.mean():.0f}% with a pole near the path ({data_seconds:.0f} s)")
+
+    policy = build_policy(cfg)
+    _log(f"tiny policy: {count_parameters(policy):,} parameters")
+    train_start = time.perf_counter()
+    losses = train(policy, data, settings)
+    train_seconds = time.perf_counter() - train_start
+    del data
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.onnx"):
+        stale.unlink()
+    save_policy(policy, out / WEIGHTS_FILE)
+    plot_losses(losses, out / LOSS_CURVE_FILE)
+    _log("exporting ONNX engines")
+    fp32 = export_engines(policy, out)
+    int8 = quantize_int8(out, fp32)
+    parity_errors = parity(policy, out, fp32)
+    _log(f"parity (max abs error): {parity_errors}")
+    write_manifest(out, cfg, {"fp32": fp32, "int8": int8}, weights_file=WEIGHTS_FILE)
+
+    report = evaluate_model_dir(out, args.eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
+    results = report["results"]
+    drop = results["onnxruntime/fp32"]["success"] - results["onnxruntime/int8"]["success"]
+    ship_int8 = drop <= INT8_MAX_SUCCESS_DROP
+    engines = {"fp32": fp32}
+    if ship_int8:
+        engines["int8"] = int8
+    else:
+        _log(f"INT8 success is {100 * drop:.1f} points below fp32: not shipping it")
+        for filename in int8.values():
+            (out / filename).unlink()
+    dispersion_p95 = report.get("dispersion", {}).get("all_sensors_p95")
+    extra = {"confidence_scale": max(float(dispersion_p95), 1e-4)} if dispersion_p95 else None
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=extra)
+
+    total_seconds = time.perf_counter() - started
+    training = {
+        "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+        "parameters": count_parameters(policy),
+        "data_seconds": data_seconds,
+        "train_seconds": train_seconds,
+        "total_seconds": total_seconds,
+        "final_loss_mean_last_100": float(np.mean(losses[-100:])),
+        "parity_max_abs_error": parity_errors,
+        "int8_shipped": ship_int8,
+        "int8_success_drop_points": 100 * drop,
+        "torch": torch.__version__,
+    }
+    (out / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+    (out / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    from vla_inference.model.model_card import write_model_card
+
+    write_model_card(out / CARD_FILE, cfg, training, report)
+    shipped = sorted(p.name for p in out.iterdir() if p.is_file())
+    size = _directory_bytes(out, shipped)
+
+    print(format_report(report))
+    print()
+    print(f"{'summary':<34}")
+    print("-" * 60)
+    print(f"{'parameters':<34}{count_parameters(policy):,} ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MB fp32)")
+    print(f"{'data generation / loading':<34}{data_seconds / 60:.1f} min")
+    print(f"{'training (' + str(settings.steps) + ' steps)':<34}{train_seconds / 60:.1f} min")
+    print(f"{'total wall time':<34}{total_seconds / 60:.1f} min")
+    print(f"{'final loss (mean of last 100)':<34}{training['final_loss_mean_last_100']:.4f}")
+    for name, value in parity_errors.items():
+        print(f"{'parity ' + name:<34}{value:.2e}")
+    print(f"{'INT8 shipped':<34}{'yes' if ship_int8 else 'no'} (success drop {100 * drop:+.1f} points)")
+    print(f"{'shipped size':<34}{size / 2**20:.1f} MB in {len(shipped)} files ({', '.join(shipped)})")
+    if size > SHIP_LIMIT_BYTES:
+        print(f"WARNING: shipped size exceeds {SHIP_LIMIT_BYTES / 2**20:.0f} MB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
