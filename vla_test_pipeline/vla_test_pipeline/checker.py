@@ -13,6 +13,7 @@ Definitions (what the table and the JSON record mean):
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -163,6 +164,11 @@ class SmokeRecorder:
                      window_end - self.window_start)
 
 
+def _reason(message: str) -> str:
+    """A message with its numbers masked, so 'retry in 3 ms' and 'retry in 7 ms' count as one reason."""
+    return re.sub(r"\d+(\.\d+)?", "#", message)[:MESSAGE_CHARS]
+
+
 def accepted_rate(arrivals: List[float]) -> float:
     if len(arrivals) < 2:
         return 0.0
@@ -204,7 +210,7 @@ def judge(responses: List[ResponseRecord], request_stamps: Dict[int, float], epi
         requests_seen=requests_seen,
         responses=len(responses),
         statuses=dict(statuses),
-        non_ok_reasons=dict(Counter(f"{STATUS_NAMES.get(r.status, str(r.status))}: {r.message[:MESSAGE_CHARS]}"
+        non_ok_reasons=dict(Counter(f"{STATUS_NAMES.get(r.status, str(r.status))}: {_reason(r.message)}"
                                     for r in responses if r.status != OK).most_common(MAX_REASONS)),
         accepted=len(accepted),
         accepted_rate_hz=rate,

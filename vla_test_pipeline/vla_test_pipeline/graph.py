@@ -12,6 +12,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from vla_inference.synthetic.dataset import EVAL_SEED_BASE
+
 ParameterValue = Union[bool, int, float, str, List[str]]
 
 INFERENCE_PACKAGE = "vla_inference"
@@ -34,7 +36,7 @@ class GraphConfig:
     num_cameras: int = 3
     use_lidar: bool = True
     duration_s: float = 30.0  # 0 = until stopped (runner only; the checker needs a window)
-    first_scene: int = 0
+    first_scene: int = EVAL_SEED_BASE  # held-out scenes: training uses seeds below this
     request_rate_hz: float = 4.5  # below the server limit, so arrival jitter is not rate-limited
     control_rate_hz: float = 20.0
     episode_timeout_s: float = 8.0

@@ -20,7 +20,7 @@ def plot_paths(episodes: List[Dict[str, Any]], path: Path, tolerance_m: float) -
     shown = episodes[:MAX_PLOTTED_EPISODES]
     columns = min(4, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(max(3.4 * columns, 7.0), 3.4 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, episode in zip(axes.flat, shown):
@@ -46,7 +46,7 @@ def plot_paths(episodes: List[Dict[str, Any]], path: Path, tolerance_m: float) -
         axes[0, 0].text(0.5, 0.5, "no episode finished in the window", ha="center", va="center")
     else:
         axes.flat[0].legend(fontsize=7, loc="best")
-    figure.suptitle("end-effector paths, top view: policy (blue reached / red missed) vs expert (dashed)",
+    figure.suptitle("end-effector paths, top view: policy (blue: reached, red: missed) vs expert (dashed)",
                     fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

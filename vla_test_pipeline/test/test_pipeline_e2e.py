@@ -1,0 +1,156 @@
+"""End to end: the whole graph as processes over real DDS, the shipped policy on ONNX Runtime.
+
+Each test starts its own graph (about 20 s with start-up and teardown). ``VLA_TEST_MODEL_DIR``
+points the tests at another model directory (empty: the shipped policy).
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import psutil
+import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from vla_msgs.msg import InferenceResponse
+
+from vla_inference import contract
+from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir
+
+from vla_test_pipeline.checker import format_table
+from vla_test_pipeline.checker_node import SmokeCheckerNode
+from vla_test_pipeline.graph import INFERENCE_NODE, GraphConfig, checker_parameters
+from vla_test_pipeline.runner import GraphSession
+
+MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR", "")
+CAMERAS = "synthetic_cameras"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_available():
+    model = Path(MODEL_DIR) if MODEL_DIR else shipped_model_dir()
+    assert (model / MANIFEST_NAME).is_file(), f"no model at {model}: the shipped policy is missing"
+
+
+def config(**overrides) -> GraphConfig:
+    return GraphConfig(model_dir=MODEL_DIR, **overrides)
+
+
+class Responses:
+    """Every /vla/inference/response the runner's node hears, with its arrival time."""
+
+    def __init__(self, session: GraphSession) -> None:
+        self._lock = threading.Lock()
+        self._items: List[tuple] = []
+        session.node.create_subscription(InferenceResponse, contract.RESPONSE_TOPIC, self._on, contract.INFERENCE_QOS)
+
+    def _on(self, msg: InferenceResponse) -> None:
+        with self._lock:
+            self._items.append((time.monotonic(), msg))
+
+    def since(self, t: float, status: int = None, until: float = float("inf")) -> List[InferenceResponse]:
+        with self._lock:
+            return [m for at, m in self._items if t <= at < until and (status is None or m.status == status)]
+
+    def first_arrival(self, t: float, status: int) -> float:
+        with self._lock:
+            return min(at for at, m in self._items if at >= t and m.status == status)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_smoke_checks_pass_with_the_shipped_policy(tmp_path):
+    graph_config = config(duration_s=15.0, output_dir=str(tmp_path))
+    with GraphSession(graph_config, tmp_path, progress=print) as session:
+        overrides = [Parameter(k, value=v) for k, v in checker_parameters(graph_config).items()]
+        checker = SmokeCheckerNode(context=session.context, parameter_overrides=overrides)
+        session.add_node(checker)
+        wait_until(lambda: checker.done or session.failed_process() is not None, 30.0, "the check window")
+        assert session.failed_process() is None, session.failed_process()
+        report = checker.finish()
+    print(format_table(report))
+    assert report.passed, format_table(report)
+    assert Path(report.artifacts["png"]).stat().st_size > 10_000
+    assert all(code == 0 for code in session.exit_codes.values()), session.exit_codes
+
+
+def test_denoising_steps_set_mid_run_reach_the_next_responses(tmp_path):
+    with GraphSession(config(denoising_steps=10), tmp_path, progress=print) as session:
+        responses = Responses(session)
+        start = time.monotonic()
+        wait_until(lambda: len(responses.since(start, InferenceResponse.STATUS_OK)) >= 3, 20.0, "OK responses")
+        assert {m.denoising_steps for m in responses.since(start, InferenceResponse.STATUS_OK)} == {10}
+
+        client = session.node.create_client(SetParameters, f"/{INFERENCE_NODE}/set_parameters")
+        assert client.wait_for_service(timeout_sec=5.0)
+        request = SetParameters.Request(parameters=[ParameterMsg(
+            name="denoising_steps", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=3))])
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(10.0), "set_parameters did not answer"
+        assert future.result().results[0].successful, future.result().results[0].reason
+        changed = time.monotonic()
+
+        wait_until(lambda: len(responses.since(changed, InferenceResponse.STATUS_OK)) >= 4, 15.0,
+                   "OK responses after the change")
+        steps = [m.denoising_steps for m in responses.since(changed, InferenceResponse.STATUS_OK)]
+        # At most the one request already running when the parameter changed keeps the old value.
+        assert steps[1:] == [3] * (len(steps) - 1), steps
+
+
+def test_camera_process_killed_and_restarted_server_recovers_without_restart(tmp_path):
+    with GraphSession(config(), tmp_path, progress=print) as session:
+        responses = Responses(session)
+        server_pid = session.processes[INFERENCE_NODE].pid
+        start = time.monotonic()
+        wait_until(lambda: len(responses.since(start, InferenceResponse.STATUS_OK)) >= 2, 20.0, "OK responses")
+
+        session.processes.signal(CAMERAS, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: len(responses.since(killed, InferenceResponse.STATUS_INVALID_REQUEST)) >= 3, 10.0,
+                   "INVALID_REQUEST responses while the cameras are dead")
+        invalid = responses.since(killed, InferenceResponse.STATUS_INVALID_REQUEST)
+        assert all("sensor_data.images" in m.message for m in invalid), [m.message for m in invalid]
+        session.processes.restart(CAMERAS)
+        restarted = time.monotonic()
+        # From the first INVALID_REQUEST (the last frames went stale) until the restart, nothing is OK.
+        outage = responses.first_arrival(killed, InferenceResponse.STATUS_INVALID_REQUEST)
+        assert responses.since(outage, InferenceResponse.STATUS_OK, until=restarted) == []
+        wait_until(lambda: len(responses.since(restarted, InferenceResponse.STATUS_OK)) >= 3, 20.0,
+                   "OK responses after the camera restart")
+        assert session.processes[INFERENCE_NODE].running() and session.processes[INFERENCE_NODE].pid == server_pid
+        assert session.failed_process() is None, session.failed_process()
+
+
+def test_sigint_to_the_demo_leaves_no_process_behind(tmp_path):
+    command = [sys.executable, "-m", "vla_test_pipeline.demo", "--duration", "120", "--out", str(tmp_path),
+               "--model-dir", MODEL_DIR]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("checking for" in line for line in lines), 60.0, "the demo's graph to come up")
+        descendants = psutil.Process(demo.pid).children(recursive=True)
+        assert len(descendants) >= 9, [p.cmdline() for p in descendants]
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30.0) == 130, "".join(lines)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    reader.join(timeout=5.0)
+    gone, alive = psutil.wait_procs(descendants, timeout=3.0)
+    assert alive == [], [p.pid for p in alive]
+    assert any("interrupted" in line for line in lines), "".join(lines)
