@@ -99,3 +99,12 @@ def test_launch_description_builds_from_the_graph():
     nodes = [a for a in actions if isinstance(a, Node)]
     assert len(nodes) == len(build_graph(GraphConfig(), include_checker=True))
     assert [type(a) for a in nodes].count(LifecycleNode) == 1
+
+
+def test_installed_launch_file_exposes_the_description_without_importing_launch():
+    import runpy
+    from ament_index_python.packages import get_package_share_directory
+
+    launch_file = Path(get_package_share_directory("vla_test_pipeline")) / "launch" / "launch.py"
+    namespace = runpy.run_path(str(launch_file))
+    assert callable(namespace["generate_launch_description"])

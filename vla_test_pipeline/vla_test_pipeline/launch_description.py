@@ -1,7 +1,7 @@
 """The graph as a launch_ros launch description (what ``ros2 launch vla_test_pipeline launch.py`` runs).
 
 Built from ``graph.build_graph``, like the runner. The inference node is a ``LifecycleNode``:
-configure is requested once its process has started and activate once it reaches 'inactive'. With
+configure is requested once its process has started, activate once configuring has reached 'inactive'. With
 ``duration`` > 0 the smoke checker runs too, and its exit ends the launch (its verdict is its exit
 code and ``<output_dir>/smoke_report.json``). launch and launch_ros are imported inside the functions:
 this module must import on machines without them (the runner shares the package).
@@ -87,8 +87,9 @@ def graph_actions(nodes: Sequence[NodeSpec]) -> List[Any]:
             actions += [
                 RegisterEventHandler(OnProcessStart(
                     target_action=node, on_start=[transition(node, Transition.TRANSITION_CONFIGURE)])),
+                # configuring -> inactive only: a later deactivate (active -> inactive) is left alone.
                 RegisterEventHandler(OnStateTransition(
-                    target_lifecycle_node=node, goal_state="inactive",
+                    target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
                     entities=[transition(node, Transition.TRANSITION_ACTIVATE)])),
                 node,
             ]
