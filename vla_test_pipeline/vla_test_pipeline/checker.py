@@ -17,7 +17,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 from vla_msgs.msg import InferenceResponse
@@ -134,14 +134,6 @@ class SmokeRecorder:
     def on_diagnostics(self, values: Dict[str, str]) -> None:
         with self._lock:
             self._diagnostics = dict(values)
-
-    def responses(self) -> List[ResponseRecord]:
-        with self._lock:
-            return list(self._responses)
-
-    def episodes(self) -> List[Dict[str, Any]]:
-        with self._lock:
-            return list(self._episodes)
 
     def progress(self) -> str:
         """One line for a progress display."""

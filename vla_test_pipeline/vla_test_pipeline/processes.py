@@ -43,7 +43,6 @@ class ManagedProcess:
     popen: subprocess.Popen
     log_path: Path
     log_file: IO[bytes]
-    started: float
 
     @property
     def name(self) -> str:
@@ -109,7 +108,7 @@ class ProcessSet:
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=self._env, process_group=0, close_fds=True,
         )
-        process = ManagedProcess(spec, popen, log_path, log_file, time.monotonic())
+        process = ManagedProcess(spec, popen, log_path, log_file)
         self._processes[spec.name] = process
         self._specs[spec.name] = spec
         return process

@@ -182,13 +182,15 @@ def add_graph_arguments(parser: argparse.ArgumentParser, default_duration: float
     parser.add_argument("--cameras", type=int, default=3, choices=range(1, len(CAMERA_NAMES) + 1),
                         help="number of cameras (front, left, right: the first N)")
     parser.add_argument("--no-lidar", action="store_true", help="run without the LiDAR and its adapter")
-    parser.add_argument("--duration", type=float, default=default_duration, help="seconds to run (runner: 0 = until Ctrl-C)")
+    parser.add_argument("--duration", type=float, default=default_duration,
+                        help="seconds to run (runner: 0 = until Ctrl-C)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (logs, reports)")
 
 
 def config_from_args(args: argparse.Namespace) -> GraphConfig:
-    return GraphConfig(backend=args.backend, model_dir=args.model_dir, denoising_steps=args.steps, num_cameras=args.cameras,
-                       use_lidar=not args.no_lidar, duration_s=args.duration, output_dir=str(args.out))
+    return GraphConfig(backend=args.backend, model_dir=args.model_dir, denoising_steps=args.steps,
+                       num_cameras=args.cameras, use_lidar=not args.no_lidar, duration_s=args.duration,
+                       output_dir=str(args.out))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
