@@ -1,0 +1,97 @@
+"""vla_client_node against the real server: fresh data in, commands out, safe hold when data stop."""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+
+from ros_helpers import wait_for
+from vla_inference import contract
+from vla_inference.client.vla_client import range_image_msg, rgb_image_msg
+from vla_inference.nodes.client_node import (
+    COMMAND_TOPIC, LIDAR_TOPIC, STATE_TOPIC, TEXT_QOS, VlaClientNode, camera_topic,
+)
+from vla_inference.nodes.inference_node import InferenceNode
+from vla_inference.synthetic import generate_scene, make_observation
+
+MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR", "")
+CAMERAS = ["front", "left", "right"]
+
+
+class Robot:
+    """Publishes one synthetic observation as the adapters and the robot would, and records commands."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("fake_robot_sensors", context=context)
+        obs = make_observation(generate_scene(21), num_cameras=3, with_lidar=True)
+        self.images = {name: rgb_image_msg(image) for name, image in zip(CAMERAS, obs.images)}
+        self.lidar = range_image_msg(obs.lidar_range)
+        self.state = [float(v) for v in obs.state]
+        self.live = set(CAMERAS)
+        self.commands = []
+        self.camera_pubs = {n: self.node.create_publisher(Image, camera_topic(n), qos_profile_sensor_data)
+                            for n in CAMERAS}
+        self.lidar_pub = self.node.create_publisher(Image, LIDAR_TOPIC, qos_profile_sensor_data)
+        self.state_pub = self.node.create_publisher(JointState, STATE_TOPIC, qos_profile_sensor_data)
+        text_pub = self.node.create_publisher(String, contract.TEXT_CMD_TOPIC, TEXT_QOS)
+        text_pub.publish(String(data=obs.text))
+        self.node.create_subscription(Float32MultiArray, COMMAND_TOPIC,
+                                      lambda m: self.commands.append(np.asarray(m.data)), 10)
+        self.node.create_timer(0.05, self.tick)
+
+    def tick(self):
+        stamp = self.node.get_clock().now().to_msg()
+        for name in self.live:
+            self.images[name].header.stamp = stamp
+            self.camera_pubs[name].publish(self.images[name])
+        self.lidar.header.stamp = stamp
+        self.lidar_pub.publish(self.lidar)
+        self.state_pub.publish(JointState(position=self.state))
+
+
+@pytest.fixture
+def graph(ros_context):
+    server = InferenceNode(context=ros_context, parameter_overrides=[
+        Parameter("model_dir", value=MODEL_DIR), Parameter("num_samples", value=2)])
+    client = VlaClientNode(context=ros_context, parameter_overrides=[Parameter("sensor_timeout_s", value=0.3)])
+    robot = Robot(ros_context)
+    executor = MultiThreadedExecutor(num_threads=6, context=ros_context)
+    for node in (server, client, robot.node):
+        executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    assert server.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert server.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    yield server, client, robot
+    server.release()
+    executor.shutdown()
+    spinner.join(5.0)
+
+
+def test_client_node_plays_chunks_and_holds_when_a_camera_dies(graph):
+    server, client, robot = graph
+    assert wait_for(lambda: client._counts.get("OK", 0) >= 3, 30.0), client._counts
+    assert wait_for(lambda: any(np.abs(c[:3]).sum() > 0 for c in robot.commands), 10.0)
+    assert all(len(c) == 8 for c in robot.commands)
+
+    robot.live.discard("right")  # the right camera's process died
+    invalid_before = client._counts.get("INVALID_REQUEST", 0)
+    assert wait_for(lambda: client._counts.get("INVALID_REQUEST", 0) >= invalid_before + 2, 10.0), client._counts
+    held = len(robot.commands)
+    assert wait_for(lambda: len(robot.commands) >= held + 30, 10.0)
+    tail = robot.commands[-10:]
+    assert all(not np.any(c) for c in tail), "no fresh chunk: the client must hold (zeros), not replay motion"
+
+    ok_before = client._counts.get("OK", 0)
+    robot.live.add("right")  # restarted: serving resumes without restarting anything
+    assert wait_for(lambda: client._counts.get("OK", 0) >= ok_before + 2, 15.0), client._counts
+    time.sleep(0.5)
+    assert server.requests_received >= sum(v for k, v in client._counts.items() if k != "chunk_refused")
