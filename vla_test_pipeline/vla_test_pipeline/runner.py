@@ -28,7 +28,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from vla_test_pipeline.graph import BACKENDS, CAMERA_NAMES, GraphConfig, build_graph, graph_environment
-from vla_test_pipeline.lifecycle import LifecycleClient
+from vla_test_pipeline.lifecycle import LifecycleClient, LifecycleError
 from vla_test_pipeline.processes import ProcessSet, Resolver, installed_executable
 
 Progress = Callable[[str], None]
@@ -91,8 +91,12 @@ class GraphSession:
                 if spec.lifecycle:
                     self._progress(f"{spec.name}: configure (loads the {self.config.backend} backend), then activate")
                     started = time.monotonic()
-                    LifecycleClient(self.node, spec.name, self.abort_reason).bring_up(
-                        self._timeouts.services_s, self._timeouts.configure_s, self._timeouts.activate_s)
+                    try:
+                        LifecycleClient(self.node, spec.name, self.abort_reason).bring_up(
+                            self._timeouts.services_s, self._timeouts.configure_s, self._timeouts.activate_s)
+                    except LifecycleError as exc:
+                        process = self.processes[spec.name]
+                        raise LifecycleError(f"{exc}; {process.log_path} ends with:\n{process.log_tail(5)}") from None
                     self._progress(f"{spec.name}: active after {time.monotonic() - started:.1f} s")
         except BaseException:
             self.close()
