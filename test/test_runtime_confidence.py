@@ -33,6 +33,17 @@ def test_dispersion_is_the_rms_of_per_element_standard_deviations() -> None:
     assert confidence_from_dispersion(DEFAULT_SCALE, DEFAULT_SCALE) == pytest.approx(1 / math.e)
 
 
+def test_action_scale_weighs_each_dimension_in_its_own_units() -> None:
+    rng = np.random.default_rng(3)
+    samples = rng.standard_normal((6, 4, 2)) * np.array([0.03, 1.0])
+    raw = sample_dispersion(samples)
+    scaled = sample_dispersion(samples, action_scale=[0.03, 1.0])
+    assert scaled == pytest.approx(sample_dispersion(samples / np.array([0.03, 1.0])))
+    assert scaled > raw
+    with pytest.raises(ValueError, match="action_scale"):
+        sample_dispersion(samples, action_scale=[1.0, 0.0])
+
+
 def test_confidence_falls_as_samples_spread() -> None:
     rng = np.random.default_rng(1)
     base = rng.standard_normal((8, 16, 8))

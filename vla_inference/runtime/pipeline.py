@@ -122,6 +122,7 @@ class InferencePipeline:
         self.pipelining = pipelining
         recorded_scale = backend.manifest.raw.get("confidence_scale", DEFAULT_SCALE)
         self.confidence_scale = float(confidence_scale if confidence_scale is not None else recorded_scale)
+        self.action_scale = backend.manifest.raw.get("action_scale")
         self._owns_backend = owns_backend
         self._closed = False
         self._lock = threading.Lock()
@@ -242,7 +243,7 @@ class InferencePipeline:
         marks["denoise_end"] = time.perf_counter()
         if not np.isfinite(samples).all():
             raise InferenceError(f"backend {self.backend.name!r} produced NaN/Inf actions")
-        actions, confidence, dispersion = summarize_samples(samples, self.confidence_scale)
+        actions, confidence, dispersion = summarize_samples(samples, self.confidence_scale, self.action_scale)
         done = time.perf_counter()
         timings = _timings(request.submitted, marks, done)
         return ActionChunk(actions, confidence, dispersion, samples, request.steps, request.seed, timings)
