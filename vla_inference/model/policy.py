@@ -37,6 +37,7 @@ from torch import nn
 
 from vla_inference.model.config import VlaConfig
 from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
+from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
 
 # Additive attention bias for masked keys: exp(-30000) is 0 in fp32/bf16 and it stays finite in fp16.
 MASK_BIAS = -30000.0
@@ -46,7 +47,9 @@ ROPE_BASE = 10000.0
 # Scale of each action dimension (metres for position deltas, unit gripper command): the x0 head
 # predicts actions / scale, and noisy actions are preconditioned with it.
 POSITION_SCALE_M = 0.03
-LIDAR_LOG_SCALE = 100.0
+LIDAR_CHANNELS = 4
+LIDAR_NEAR_FIELD_M = 2.0
+TEXT_NGRAM = 7
 
 
 def _check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Union[int, None]]) -> None:
@@ -256,12 +259,24 @@ class VisionEngine(nn.Module):
         self.vit = VisionTransformer(v.image_size, v.patch_size, v.width, v.depth, v.num_heads, v.mlp_dim)
         self.image_projection = nn.Linear(v.width, b.width)
         self.camera_embedding = nn.Parameter(torch.randn(cfg.max_cameras, b.width) * 0.02)
-        # Channels: range / max_range, validity, log-compressed range (resolves the near field).
-        self.lidar_embed = nn.Conv2d(3, b.width, kernel_size=(lidar.patch_rows, lidar.patch_cols),
+        # Channels: range / max_range, validity, and the return's horizontal position (x, y) in the
+        # sensor frame, in units of LIDAR_NEAR_FIELD_M and clipped, so nearby geometry is linear in
+        # the features. Directions follow ``project_to_range_image``'s pixel convention.
+        self.lidar_embed = nn.Conv2d(LIDAR_CHANNELS, b.width, kernel_size=(lidar.patch_rows, lidar.patch_cols),
                                      stride=(lidar.patch_rows, lidar.patch_cols))
+        elevation = torch.deg2rad(DEFAULT_FOV_UP_DEG - torch.arange(lidar.rows, dtype=torch.float32)
+                                  * (DEFAULT_FOV_UP_DEG - DEFAULT_FOV_DOWN_DEG) / max(1, lidar.rows - 1))
+        azimuth = math.pi * (1.0 - 2.0 * (torch.arange(lidar.cols, dtype=torch.float32) + 0.5) / lidar.cols)
+        self.register_buffer("beam_cos_elevation", elevation.cos()[:, None], persistent=False)
+        self.register_buffer("beam_cos_azimuth", azimuth.cos()[None, :], persistent=False)
+        self.register_buffer("beam_sin_azimuth", azimuth.sin()[None, :], persistent=False)
         self.lidar_position = nn.Parameter(
             sincos_positions_2d(lidar.rows // lidar.patch_rows, lidar.cols // lidar.patch_cols, b.width))
         self.text_embedding = nn.Embedding(cfg.text_vocab_size, b.width)
+        nn.init.normal_(self.text_embedding.weight, std=b.width**-0.5)  # unit scale after the sqrt(width) factor
+        # Bytes carry no word identity; a depthwise convolution over neighbouring bytes gives every
+        # text token n-gram features ("red", "blue") that the first attention layer can match.
+        self.text_ngram = nn.Conv1d(b.width, b.width, kernel_size=TEXT_NGRAM, padding=TEXT_NGRAM // 2, groups=b.width)
         self.state_projection = nn.Linear(cfg.state_dim, b.width)
         self.layers = nn.ModuleList(
             GemmaBlock(b.width, b.mlp_dim, b.num_heads, b.num_kv_heads, b.head_dim) for _ in range(b.depth)
@@ -270,8 +285,10 @@ class VisionEngine(nn.Module):
     def _lidar_features(self, lidar_range: torch.Tensor) -> torch.Tensor:
         valid = (lidar_range > 0).to(lidar_range.dtype)
         normalized = (lidar_range / self.cfg.lidar.max_range_m).clamp(0.0, 1.0)
-        compressed = torch.log1p(normalized * LIDAR_LOG_SCALE) * (valid / math.log1p(LIDAR_LOG_SCALE))
-        return torch.cat([normalized, valid, compressed], dim=1)
+        horizontal = lidar_range * self.beam_cos_elevation.to(lidar_range.dtype) / LIDAR_NEAR_FIELD_M
+        x = (horizontal * self.beam_cos_azimuth.to(lidar_range.dtype)).clamp(-1.0, 1.0)
+        y = (horizontal * self.beam_sin_azimuth.to(lidar_range.dtype)).clamp(-1.0, 1.0)
+        return torch.cat([normalized, valid, x, y], dim=1)
 
     def forward(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
                 lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
@@ -282,9 +299,10 @@ class VisionEngine(nn.Module):
 
     def encode(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
                lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``forward`` plus the residual stream entering the last layer [B, prefix_len, width]
-        (what auxiliary training losses read)."""
+               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """``forward`` plus intermediates for auxiliary training losses: ``vit_tokens`` [B, cameras,
+        tokens, vision width] and ``hidden``, the residual stream entering the last backbone layer
+        [B, prefix_len, width]."""
         cfg = self.cfg
         size, cameras = cfg.vision.image_size, cfg.max_cameras
         _check_shape("images", images, (None, cameras, 3, size, size))
@@ -297,13 +315,14 @@ class VisionEngine(nn.Module):
         batch = images.shape[0]
         dtype = self.image_projection.weight.dtype
 
-        image_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype))
-        image_tokens = self.image_projection(image_tokens).reshape(batch, cameras, -1, cfg.backbone.width)
+        vit_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype))
+        image_tokens = self.image_projection(vit_tokens).reshape(batch, cameras, -1, cfg.backbone.width)
         per_camera = image_tokens.shape[2]
         image_tokens = (image_tokens + self.camera_embedding[None, :, None, :]).reshape(batch, cameras * per_camera, -1)
         lidar_tokens = self.lidar_embed(self._lidar_features(lidar_range.to(dtype))).flatten(2).transpose(1, 2)
         lidar_tokens = lidar_tokens + self.lidar_position
-        text = self.text_embedding(text_tokens) * math.sqrt(cfg.backbone.width)
+        text = self.text_embedding(text_tokens) * (text_mask[:, :, None].to(dtype) * math.sqrt(cfg.backbone.width))
+        text = text + self.text_ngram(text.transpose(1, 2)).transpose(1, 2)
         state_token = self.state_projection(state.to(dtype))[:, None, :]
         x = torch.cat([image_tokens, lidar_tokens, text, state_token], dim=1)
 
@@ -317,7 +336,8 @@ class VisionEngine(nn.Module):
             dim=1,
         )
         prefix_kv, hidden = self._backbone(x, prefix_mask)
-        return prefix_kv, prefix_mask, hidden
+        return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
+                                        "hidden": hidden}
 
     def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Full attention within the prefix; returns stacked keys/values of every layer.

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_in
 from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, save_policy
 from vla_inference.runtime.manifest import write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
+from vla_inference.synthetic.scene import COLOR_NAMES
 
 INT8_MAX_SUCCESS_DROP = 0.03
 SHIP_LIMIT_BYTES = 30 * 1024 * 1024
@@ -139,17 +140,95 @@ class ProgressBar:
         sys.stderr.write("\n")
 
 
-class TargetProbe(torch.nn.Module):
-    """Training-only auxiliary head on the state token entering the backbone's last layer: the
-    offset from the end effector to the named cube and whether a pole stands next to that path.
-    It hands the vision pathway a direct gradient for what the expert needs; it is not exported."""
+class AuxiliaryHeads(torch.nn.Module):
+    """Training-only heads that hand the prefix direct gradients for what the expert needs; never
+    exported. Per ViT token: which cube colour (or none) has its centre in the patch and where
+    inside the patch; per backbone image token (entering the last layer): is that the named cube;
+    on the state token: the offset from the end effector to the named cube and whether a pole
+    stands next to that path; per LiDAR token: whether its sector holds a pole, and one next to
+    the path."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, vision_width: int, width: int) -> None:
         super().__init__()
-        self.head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4))
+        self.patch = torch.nn.Linear(vision_width, len(COLOR_NAMES) + 1 + 2)
+        self.target = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 1))
+        self.probe = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4))
+        self.sector = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 2))
 
-    def forward(self, state_token: torch.Tensor) -> torch.Tensor:
-        return self.head(state_token)
+
+def patch_labels(data: TrainingSet, indices: np.ndarray, cameras: np.ndarray, cfg: VlaConfig) -> Dict[str, np.ndarray]:
+    """Per (sample, camera, ViT token): colour class (``len(COLOR_NAMES)`` = none), in-patch offset
+    of the cube centre in patch units, whether it is the named cube, and whether the camera is on."""
+    patch, grid = cfg.vision.patch_size, cfg.vision.image_size // cfg.vision.patch_size
+    batch, num_cams = len(indices), cfg.max_cameras
+    layouts = data.layout_index[indices]
+    pixels = data.block_pixels[layouts]  # [B, C, K, 2]
+    colors = np.broadcast_to(data.block_colors[layouts][:, None, :], pixels.shape[:3])
+    is_target = np.broadcast_to(
+        np.arange(pixels.shape[2])[None, None, :] == data.target_slot[indices][:, None, None], pixels.shape[:3])
+    cell = np.floor(np.nan_to_num(pixels, nan=-1.0) / patch).astype(np.int64)
+    valid = (colors >= 0) & (cell >= 0).all(-1) & (cell < grid).all(-1)
+    token = cell[..., 1] * grid + cell[..., 0]
+    b, c, k = np.nonzero(valid)
+    labels = np.full((batch, num_cams, grid * grid), len(COLOR_NAMES), dtype=np.int64)
+    offsets = np.zeros((batch, num_cams, grid * grid, 2), dtype=np.float32)
+    occupied = np.zeros((batch, num_cams, grid * grid), dtype=np.float32)
+    targets = np.zeros((batch, num_cams, grid * grid), dtype=np.float32)
+    labels[b, c, token[b, c, k]] = colors[b, c, k]
+    offsets[b, c, token[b, c, k]] = pixels[b, c, k] / patch - cell[b, c, k] - 0.5
+    occupied[b, c, token[b, c, k]] = 1.0
+    targets[b, c, token[b, c, k]] = is_target[b, c, k]
+    camera_on = (np.arange(num_cams)[None, :] < cameras[:, None]).astype(np.float32)
+    return {"labels": labels, "offsets": offsets, "occupied": occupied, "targets": targets, "camera_on": camera_on}
+
+
+def sector_labels(data: TrainingSet, indices: np.ndarray, cfg: VlaConfig) -> np.ndarray:
+    """[B, LiDAR tokens, 2]: the column strip sees a pole / a pole next to the path (LiDAR at x=y=0)."""
+    cols, per_token = cfg.lidar.cols, cfg.lidar.patch_cols
+    labels = np.zeros((len(indices), cfg.lidar_tokens, 2), dtype=np.float32)
+    poles = data.poles[indices]
+    b, j = np.nonzero(np.isfinite(poles[:, :, 0]))
+    x, y, radius, near = (poles[b, j, k] for k in range(4))
+    azimuth = np.arctan2(y, x)
+    half_width = np.arcsin(np.clip(radius / np.hypot(x, y), 0.0, 1.0))
+    for edge in (-1.0, 0.0, 1.0):
+        column = np.floor(0.5 * (1.0 - (azimuth + edge * half_width) / np.pi) * cols).astype(np.int64) % cols
+        token = column // per_token
+        labels[b, token, 0] = 1.0
+        labels[b, token, 1] = np.maximum(labels[b, token, 1], near)
+    return labels
+
+
+def auxiliary_loss(heads: AuxiliaryHeads, extras: Dict[str, torch.Tensor], data: TrainingSet, indices: np.ndarray,
+                   cameras: np.ndarray, lidar: np.ndarray, cfg: VlaConfig) -> Dict[str, torch.Tensor]:
+    labels = {k: torch.from_numpy(v) for k, v in patch_labels(data, indices, cameras, cfg).items()}
+    camera_on = labels["camera_on"][:, :, None]
+    patch_out = heads.patch(extras["vit_tokens"])
+    colour = F.cross_entropy(patch_out[..., :-2].flatten(0, 2), labels["labels"].flatten(), reduction="none")
+    colour = (colour.view_as(labels["occupied"]) * camera_on).sum() / camera_on.expand_as(colour.view_as(
+        labels["occupied"])).sum()
+    weight = labels["occupied"] * camera_on
+    offset = (((patch_out[..., -2:] - labels["offsets"]) ** 2).sum(-1) * weight).sum() / weight.sum().clamp(min=1.0)
+    image_hidden = extras["hidden"][:, : cfg.max_cameras * cfg.tokens_per_camera]
+    target_logits = heads.target(image_hidden).view_as(labels["targets"])
+    target = (F.binary_cross_entropy_with_logits(target_logits, labels["targets"], reduction="none") * camera_on).sum()
+    target = target / camera_on.expand_as(labels["targets"]).sum()
+    probe = heads.probe(extras["hidden"][:, -1])
+    offset_target = torch.from_numpy(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
+    slow_target = torch.from_numpy(data.slow[indices].astype(np.float32))
+    lidar_on = torch.from_numpy(lidar.astype(np.float32))
+    lidar_start = cfg.max_cameras * cfg.tokens_per_camera
+    sector_logits = heads.sector(extras["hidden"][:, lidar_start: lidar_start + cfg.lidar_tokens])
+    sector = F.binary_cross_entropy_with_logits(sector_logits, torch.from_numpy(sector_labels(data, indices, cfg)),
+                                                reduction="none").mean((1, 2))
+    return {
+        "lidar_sector": 10.0 * (sector * lidar_on).mean(),
+        "patch_colour": colour,
+        "patch_offset": offset,
+        "named_cube": target,
+        "state_offset": ((probe[:, :3] - offset_target) ** 2).mean(),
+        "state_pole": (F.binary_cross_entropy_with_logits(probe[:, 3], slow_target, reduction="none") * lidar_on).mean(),
+    }
 
 
 def _lr_at(step: int, settings: TrainSettings) -> float:
@@ -159,25 +238,26 @@ def _lr_at(step: int, settings: TrainSettings) -> float:
     return settings.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> List[float]:
-    """Run the optimisation; leaves the EMA weights in ``policy``; returns per-step losses."""
+def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tuple[List[float], List[Dict[str, float]]]:
+    """Run the optimisation; leaves the EMA weights in ``policy``; returns the per-step flow losses
+    and auxiliary loss terms."""
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    probe = TargetProbe(policy.cfg.backbone.width)
+    heads = AuxiliaryHeads(policy.cfg.vision.width, policy.cfg.backbone.width)
     decay, no_decay = [], []
-    for name, param in list(policy.named_parameters()) + list(probe.named_parameters(prefix="probe")):
+    for name, param in list(policy.named_parameters()) + list(heads.named_parameters(prefix="aux")):
         (no_decay if param.ndim < 2 or "norm" in name or "position" in name or "embedding" in name else decay).append(param)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
     params = list(policy.parameters())
-    trained = params + list(probe.parameters())
+    trained = params + list(heads.parameters())
     ema = [p.detach().clone() for p in params]
     scale = policy.action_expert.action_scale
     draws = settings.noise_draws
     order = rng.permutation(len(data))
     cursor = 0
     losses: List[float] = []
-    aux_losses: List[float] = []
+    aux_losses: List[Dict[str, float]] = []
     smoothed = float("nan")
     bar = ProgressBar(settings.steps)
     policy.train()
@@ -191,14 +271,10 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> List
         feeds = {k: torch.from_numpy(v) for k, v in data.vision_feeds(indices, cameras, lidar).items()}
         actions = torch.from_numpy(data.actions[indices]).repeat_interleave(draws, 0)
 
-        prefix_kv, prefix_mask, hidden = policy.vision_engine.encode(
+        prefix_kv, prefix_mask, extras = policy.vision_engine.encode(
             *(feeds[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
-        probe_out = probe(hidden[:, -1])
-        offset_target = torch.from_numpy(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
-        slow_target = torch.from_numpy(data.slow[indices].astype(np.float32))
-        lidar_weight = torch.from_numpy(lidar.astype(np.float32))
-        aux_loss = ((probe_out[:, :3] - offset_target) ** 2).mean() + (
-            F.binary_cross_entropy_with_logits(probe_out[:, 3], slow_target, reduction="none") * lidar_weight).mean()
+        aux_terms = auxiliary_loss(heads, extras, data, indices, cameras, lidar, policy.cfg)
+        aux_loss = sum(aux_terms.values())
         prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
         t = torch.rand(actions.shape[0], generator=generator)
         noise = torch.randn(actions.shape, generator=generator)
@@ -219,16 +295,16 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> List
 
         value = float(flow_loss.detach())
         losses.append(value)
-        aux_losses.append(float(aux_loss.detach()))
+        aux_losses.append({name: float(value.detach()) for name, value in aux_terms.items()})
         smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
         if step % 5 == 0 or step + 1 == settings.steps:
-            bar.update(step + 1, value, smoothed, aux_losses[-1])
+            bar.update(step + 1, value, smoothed, sum(aux_losses[-1].values()))
     bar.close()
     with torch.no_grad():
         for param, average in zip(params, ema):
             param.copy_(average)
     policy.eval()
-    return losses
+    return losses, aux_losses
 
 
 def plot_losses(losses: Sequence[float], path: Path) -> None:
@@ -308,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     policy = build_policy(cfg)
     _log(f"tiny policy: {count_parameters(policy):,} parameters")
     train_start = time.perf_counter()
-    losses = train(policy, data, settings)
+    losses, aux_losses = train(policy, data, settings)
     train_seconds = time.perf_counter() - train_start
     del data
 

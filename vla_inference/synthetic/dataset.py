@@ -17,11 +17,14 @@ import numpy as np
 from vla_inference.model.tokenizer import tokenize
 from vla_inference.runtime.observation import Observation
 from vla_inference.synthetic.lidar import RING_ELEVATIONS_DEG, lidar_range_image
-from vla_inference.synthetic.render import NUM_CAMERAS, render_camera
+from vla_inference.synthetic.render import CAMERAS, NUM_CAMERAS, project_points, render_camera
 from vla_inference.sensors.lidar_projection import DEFAULT_COLS, DEFAULT_ROWS, beam_rows
 from vla_inference.synthetic.scene import (
     ACTION_DIM,
+    BLOCK_EDGE_M,
+    COLOR_NAMES,
     HORIZON,
+    NEAR_CLEARANCE_M,
     SLOW_STEP_M,
     STATE_DIM,
     Scene,
@@ -29,6 +32,7 @@ from vla_inference.synthetic.scene import (
     generate_scene,
     sample_layout,
     sample_task,
+    segment_clearance,
     step_length,
 )
 
@@ -39,6 +43,8 @@ TEXT_MAX_LEN = 48
 # Held-out scenes start here; training layouts use seeds [0, num_layouts), far below it.
 EVAL_SEED_BASE = 1_000_000
 RING_ROWS = beam_rows(RING_ELEVATIONS_DEG)
+MAX_BLOCKS = 4
+MAX_POLES = 2
 
 
 def make_observation(scene: Scene, num_cameras: int = NUM_CAMERAS, with_lidar: bool = True,
@@ -70,6 +76,10 @@ class TrainingSet:
     actions: np.ndarray  # float32 [N, H, D]
     slow: np.ndarray  # bool [N]: a pole stands next to the path
     target_offset: np.ndarray  # float32 [N, 3]: named cube's top centre minus the end-effector start
+    target_slot: np.ndarray  # int64 [N]: which of its layout's blocks is named
+    block_pixels: np.ndarray  # float32 [L, cameras, MAX_BLOCKS, 2]: cube centres in each render (u, v), NaN pad
+    block_colors: np.ndarray  # int64 [L, MAX_BLOCKS]: palette index of each cube, -1 pad
+    poles: np.ndarray  # float32 [N, MAX_POLES, 4]: x, y, radius, 1 if next to the path else 0; NaN pad
 
     def __len__(self) -> int:
         return int(self.layout_index.shape[0])
@@ -114,6 +124,10 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
     actions = np.zeros((count, HORIZON, ACTION_DIM), dtype=np.float32)
     slow = np.zeros(count, dtype=bool)
     target_offset = np.zeros((count, 3), dtype=np.float32)
+    target_slot = np.zeros(count, dtype=np.int64)
+    block_pixels = np.full((num_layouts, NUM_CAMERAS, MAX_BLOCKS, 2), np.nan, dtype=np.float32)
+    block_colors = np.full((num_layouts, MAX_BLOCKS), -1, dtype=np.int64)
+    poles = np.full((count, MAX_POLES, 4), np.nan, dtype=np.float32)
     for layout_i in range(num_layouts):
         seed = first_seed + layout_i
         rng = np.random.default_rng(seed)
@@ -122,8 +136,12 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
             n = layout_i * tasks_per_layout + task
             scene = sample_task(layout, rng, lidar_seed=seed if task == 0 else seed + (task << 32))
             if task == 0:
+                centres = np.array([[b.x, b.y, BLOCK_EDGE_M / 2.0] for b in layout.blocks])
+                block_colors[layout_i, : len(centres)] = [COLOR_NAMES.index(b.color) for b in layout.blocks]
                 for cam in range(NUM_CAMERAS):
                     images[layout_i, cam] = render_camera(scene, cam, image_size, image_size).transpose(2, 0, 1)
+                    block_pixels[layout_i, cam, : len(centres)] = project_points(CAMERAS[cam], centres, image_size,
+                                                                                 image_size)
             range_image = lidar_range_image(scene)
             lidar_rings[n] = range_image[RING_ROWS]
             tokens[n], text_mask[n] = tokenize(scene.text, text_max_len)
@@ -131,7 +149,13 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
             actions[n] = expert_actions(scene)
             slow[n] = step_length(scene) == SLOW_STEP_M
             target_offset[n] = scene.target_position - np.asarray(scene.ee_start)
+            target_slot[n] = scene.target_index
+            start, end = np.asarray(scene.ee_start[:2]), scene.target_position[:2]
+            for j, pole in enumerate(scene.obstacles):
+                near = segment_clearance(start, end, pole) < NEAR_CLEARANCE_M
+                poles[n, j] = (pole.x, pole.y, pole.radius, float(near))
         if (layout_i + 1) % 500 == 0:
             logger.info("generated %d / %d layouts", layout_i + 1, num_layouts)
-    return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow, target_offset)
+    return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow, target_offset,
+                       target_slot, block_pixels, block_colors, poles)
 
