@@ -185,6 +185,9 @@ def format_table(record: Dict[str, Any]) -> str:
             f"{lat['vision']['p50']:>12.2f}{lat['denoise']['p50']:>13.2f}{tp['sequential']:>11.2f}{tp['pipelined']:>12.2f}"
         )
     memory = record["memory"]
+    load = record["host"]["load_average_1min"]
+    lines.append(f"host: {record['host']['cpu_count']} CPUs, 1-min load average {load[0]:.2f} before, "
+                 f"{load[1]:.2f} after (other processes compete for the cores when it exceeds ~1)")
     lines.append(f"peak host RSS {memory['peak_rss_mib']:.1f} MiB (psutil, sampled every 10 ms; "
                  f"kernel maxrss {memory['maxrss_mib']:.1f} MiB)")
     if memory["peak_gpu_mib"] is not None:
@@ -241,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     steps_list = [int(s) for s in args.steps.split(",") if s.strip()]
+    load_before = os.getloadavg()[0]
     with PeakRssSampler() as rss:
         print(f"[vla-bench] loading {args.backend} ...", flush=True)
         load_start = time.perf_counter()
@@ -281,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         },
         "backend": description,
         "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                 "processor": platform.processor()},
+                 "processor": platform.processor(), "load_average_1min": [load_before, os.getloadavg()[0]]},
         "results": results,
         "memory": {
             "peak_rss_mib": rss.peak_bytes / 2**20,
