@@ -187,7 +187,7 @@ def format_table(record: Dict[str, Any]) -> str:
     memory = record["memory"]
     load = record["host"]["load_average_1min"]
     lines.append(f"host: {record['host']['cpu_count']} CPUs, 1-min load average {load[0]:.2f} before, "
-                 f"{load[1]:.2f} after (other processes compete for the cores when it exceeds ~1)")
+                 f"{load[1]:.2f} after (the load before the run is other processes' share of the cores)")
     lines.append(f"peak host RSS {memory['peak_rss_mib']:.1f} MiB (psutil, sampled every 10 ms; "
                  f"kernel maxrss {memory['maxrss_mib']:.1f} MiB)")
     if memory["peak_gpu_mib"] is not None:
