@@ -80,10 +80,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     steps_list = [int(s) for s in args.steps.split(",")]
     chunks: Dict[str, Dict[int, List[np.ndarray]]] = {}
     pipelined_equal = True
+    description: Dict[str, Any] = {}
     for key, backend in backends.items():
         with InferencePipeline(backend, num_samples=args.num_samples, pipelining=(key == "gpu"),
                                owns_backend=True) as pipeline:
             chunks[key] = {}
+            if key == "gpu":
+                description = backend.describe()
             for steps in steps_list:
                 sequential = [pipeline.infer(o, steps, seed=i).actions for i, o in enumerate(observations)]
                 chunks[key][steps] = sequential
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     passed = all(r["min_cosine"] >= args.min_cosine for r in rows) and pipelined_equal
     return {"precision": args.precision, "scenes": args.scenes, "num_samples": args.num_samples,
             "random_weights": args.random_weights, "rows": rows, "gpu_pipelined_equals_sequential": pipelined_equal,
-            "min_cosine_required": args.min_cosine, "passed": passed}
+            "min_cosine_required": args.min_cosine, "passed": passed, "gpu_backend": description}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -121,6 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for row in result["rows"]:
         print(f"{row['steps']:>5}{row['min_cosine']:>10.5f}{row['mean_cosine']:>10.5f}{row['max_abs_diff']:>12.2e}"
               f"  {row['graph_equals_eager']}")
+    backend = result["gpu_backend"]
+    print(f"GPU backend: {backend.get('gpu')}, torch {backend.get('torch')}, fast path {backend.get('fast_path')}, "
+          f"compile {backend.get('compile')}, attention {backend.get('attention')} ({backend.get('fast_path_note')})")
     print(f"GPU pipelined == sequential: {result['gpu_pipelined_equals_sequential']}; "
           f"{'PASS' if result['passed'] else 'FAIL'} (min cosine >= {args.min_cosine})")
     if args.out:

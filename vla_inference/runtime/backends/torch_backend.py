@@ -16,6 +16,7 @@ the full-size preset without a trained checkpoint, from ``TorchBackend.with_rand
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -29,6 +30,7 @@ from vla_inference.runtime.manifest import MANIFEST_NAME, Manifest, ModelDirErro
 
 try:
     import torch
+    import torch.nn.functional as F
 except ImportError as exc:
     torch = None
     _IMPORT_ERROR: Optional[ImportError] = exc
@@ -41,6 +43,9 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_STEPS = 256  # capacity of the device flow schedule the step graphs read from
 GRAPH_WARMUP_ITERS = 3
+DEFAULT_COMPILE = True  # torch.compile the fast path's layer functions on CUDA (falls back to eager on error)
+SELF_CHECK_MIN_COSINE = 0.99  # fast path vs the policy as written, at prepare; below it, serve the policy
+MOD_TABLE_CACHE = 16  # modulation tables kept per steps value
 
 
 def _torch_dtype(precision: str) -> "torch.dtype":
@@ -52,12 +57,330 @@ def _numpy_to_torch_dtype(name: str) -> "torch.dtype":
 
 
 class _DeviceSlot:
-    """One prefix buffer pair [K, ...] plus the event that says stage 1 has filled it."""
+    """One request's prefix on the device, shared by its K samples (never repeated K times):
+    keys/values [layers, 2, kv_heads, prefix_len, head_dim], the bool mask [prefix_len] and its
+    additive float32 bias, plus the event that says stage 1 has filled them."""
 
     def __init__(self, kv: "torch.Tensor", mask: "torch.Tensor") -> None:
         self.prefix_kv = kv
         self.prefix_mask = mask
+        self.bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         self.ready = torch.cuda.Event()
+
+
+# -- GPU fast path -----------------------------------------------------------------------------
+# The same functions as ``VlaPolicy`` (same parameters, same math), rearranged for a GPU serving one
+# observation with K samples. They are plain tensor functions, so they run (and are tested) on the
+# CPU in fp32 as well, and ``torch.compile`` can fuse their elementwise work (norms, RoPE, gating,
+# GeGLU, softmax) around the cuBLAS GEMMs when ``compile`` is on.
+#
+# * q/k/v and gate/up projections are single GEMMs: the module weights become row views of one
+#   fused tensor per layer (names, shapes and values unchanged, no extra memory).
+# * The time conditioning of the action expert (time MLP and the 37 per-layer adaRMS modulation
+#   GEMMs) depends only on the flow time, so it is computed once per steps value into a table; a
+#   step reads its row.
+# * Expert attention: the prefix keys/values are shared by the K samples and never concatenated
+#   with the action keys. Scores against the prefix are one GEMM over all K * horizon * heads
+#   queries, scores against the sample's own action keys a batched GEMM; one softmax (float32) over
+#   both, then two GEMMs for the output. Queries stay in [sample, token, head] order (rows of
+#   attention are independent), so no transposes.
+
+
+def _rms(x: "torch.Tensor", eps: float) -> "torch.Tensor":
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _weighted_norm(x: "torch.Tensor", weight: "torch.Tensor", eps: float) -> "torch.Tensor":
+    """Gemma RMSNorm ``x / rms(x) * (1 + weight)`` in float32, rounded once."""
+    return (_rms(x, eps) * (1.0 + weight.float())).to(x.dtype)
+
+
+def _modulated_norm(x: "torch.Tensor", one_plus_scale: "torch.Tensor", shift: "torch.Tensor",
+                    eps: float) -> "torch.Tensor":
+    """pi0.5 adaptive RMSNorm with precomputed (1 + scale) and shift, in float32, rounded once."""
+    return (_rms(x, eps) * one_plus_scale.float() + shift.float()).to(x.dtype)
+
+
+def _rope(x: "torch.Tensor", cos: "torch.Tensor", sin: "torch.Tensor") -> "torch.Tensor":
+    """Rotate-half RoPE on [..., L, heads, D] with cos/sin [L, 1, D]."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _split_qkv(qkv: "torch.Tensor", heads: int, kv_heads: int, head_dim: int) -> Any:
+    """[B, L, (heads + 2 kv_heads) D] -> q [B, L, heads, D], k/v [B, L, kv_heads, D] (views)."""
+    batch, length, _ = qkv.shape
+    q_end, k_end = heads * head_dim, (heads + kv_heads) * head_dim
+    q = qkv[..., :q_end].view(batch, length, heads, head_dim)
+    k = qkv[..., q_end:k_end].view(batch, length, kv_heads, head_dim)
+    v = qkv[..., k_end:].view(batch, length, kv_heads, head_dim)
+    return q, k, v
+
+
+def _prefix_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", bias: "torch.Tensor") -> "torch.Tensor":
+    """Grouped-query attention inside the prefix: q [B, P, H, D], k/v [B, P, G, D], bias [B, 1, 1, P]
+    -> [B, P, H * D]. The H / G query heads of a group are folded into the query axis."""
+    batch, length, heads, head_dim = q.shape
+    groups = k.shape[2]
+    if groups == 1:
+        out = F.scaled_dot_product_attention(q.reshape(batch, 1, length * heads, head_dim),
+                                             k.reshape(batch, 1, length, head_dim),
+                                             v.reshape(batch, 1, length, head_dim), attn_mask=bias)
+        return out.reshape(batch, length, heads * head_dim)
+    per_group = heads // groups
+    folded = q.reshape(batch, length, groups, per_group, head_dim).permute(0, 2, 1, 3, 4)
+    out = F.scaled_dot_product_attention(folded.reshape(batch, groups, length * per_group, head_dim),
+                                         k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias)
+    out = out.reshape(batch, groups, length, per_group, head_dim).permute(0, 2, 1, 3, 4)
+    return out.reshape(batch, length, heads * head_dim)
+
+
+def _backbone_layer(x: "torch.Tensor", w_in: "torch.Tensor", wqkv: "torch.Tensor", wo: "torch.Tensor",
+                    w_post: "torch.Tensor", wgu: "torch.Tensor", wd: "torch.Tensor", cos: "torch.Tensor",
+                    sin: "torch.Tensor", bias: "torch.Tensor", eps: float, heads: int, kv_heads: int) -> Any:
+    """One Gemma prefix layer: returns (x after the layer, rotated k, v [B, P, G, D])."""
+    h = _weighted_norm(x, w_in, eps)
+    q, k, v = _split_qkv(F.linear(h, wqkv), heads, kv_heads, cos.shape[-1])
+    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    x = x + F.linear(_prefix_attention(q, k, v, bias), wo)
+    gate, up = F.linear(_weighted_norm(x, w_post, eps), wgu).chunk(2, dim=-1)
+    return x + F.linear(F.gelu(gate, approximate="tanh") * up, wd), k, v
+
+
+def _backbone_kv(x: "torch.Tensor", w_in: "torch.Tensor", wkv: "torch.Tensor", cos: "torch.Tensor",
+                 sin: "torch.Tensor", eps: float, kv_heads: int) -> Any:
+    """The last prefix layer: only its keys/values are used (rotated k, v [B, P, G, D])."""
+    batch, length, _ = x.shape
+    kv = F.linear(_weighted_norm(x, w_in, eps), wkv)
+    head_dim = cos.shape[-1]
+    k = kv[..., : kv_heads * head_dim].view(batch, length, kv_heads, head_dim)
+    v = kv[..., kv_heads * head_dim:].view(batch, length, kv_heads, head_dim)
+    return _rope(k, cos, sin), v
+
+
+def _expert_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", kp: "torch.Tensor",
+                      vp: "torch.Tensor", bias: "torch.Tensor", joint: bool) -> "torch.Tensor":
+    """Action tokens attend to the shared prefix (masked by ``bias``) and to their own sample's tokens.
+
+    q [K, H, heads, D]; k/v [K, H, G, D]; kp/vp [G, P, D] (one prefix for all K samples); bias [P]
+    float32 (0 or MASK_BIAS). Returns [K, H, heads * D]. ``joint`` runs the reference layout instead
+    (prefix repeated K times and concatenated with the action keys, one SDPA call), kept for A/B.
+    """
+    samples, horizon, heads, head_dim = q.shape
+    groups = k.shape[2]
+    per_group = heads // groups
+    prefix_len = kp.shape[1]
+    rows = horizon * per_group
+    if groups == 1:
+        qg = q.reshape(1, samples * rows, head_dim)
+        ka, va = k.reshape(1, samples, horizon, head_dim), v.reshape(1, samples, horizon, head_dim)
+    else:
+        qg = q.reshape(samples, horizon, groups, per_group, head_dim).permute(2, 0, 1, 3, 4)
+        qg = qg.reshape(groups, samples * rows, head_dim)
+        ka, va = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
+    if joint:
+        keys = torch.cat([kp[:, None].expand(groups, samples, prefix_len, head_dim), ka], dim=2)
+        values = torch.cat([vp[:, None].expand(groups, samples, prefix_len, head_dim), va], dim=2)
+        full_bias = torch.cat([bias, bias.new_zeros(horizon)]).to(q.dtype).view(1, 1, 1, prefix_len + horizon)
+        out = F.scaled_dot_product_attention(qg.reshape(groups, samples, rows, head_dim).transpose(0, 1),
+                                             keys.transpose(0, 1), values.transpose(0, 1), attn_mask=full_bias)
+        out = out.transpose(0, 1)
+    else:
+        scale = head_dim ** -0.5
+        scores_prefix = torch.matmul(qg, kp.transpose(1, 2)).reshape(groups, samples, rows, prefix_len)
+        scores_action = torch.matmul(qg.reshape(groups, samples, rows, head_dim), ka.transpose(2, 3))
+        scores = torch.cat([scores_prefix.float() * scale + bias, scores_action.float() * scale], dim=-1)
+        p = torch.softmax(scores, dim=-1).to(q.dtype)
+        out = torch.matmul(p[..., :prefix_len].reshape(groups, samples * rows, prefix_len), vp)
+        out = torch.baddbmm(out.reshape(groups * samples, rows, head_dim),
+                            p[..., prefix_len:].reshape(groups * samples, rows, horizon),
+                            va.reshape(groups * samples, horizon, head_dim))
+    if groups == 1:
+        return out.reshape(samples, horizon, heads * head_dim)
+    out = out.reshape(groups, samples, horizon, per_group, head_dim).permute(1, 2, 0, 3, 4)
+    return out.reshape(samples, horizon, heads * head_dim)
+
+
+def _expert_layer(h: "torch.Tensor", mod: "torch.Tensor", wqkv: "torch.Tensor", wo: "torch.Tensor",
+                  wgu: "torch.Tensor", wd: "torch.Tensor", kp: "torch.Tensor", vp: "torch.Tensor",
+                  bias: "torch.Tensor", cos: "torch.Tensor", sin: "torch.Tensor", eps: float, heads: int,
+                  kv_heads: int, joint: bool) -> "torch.Tensor":
+    """One action-expert layer on h [K, H, W]; ``mod`` [6, W] = (1+scale, shift, gate) x (attn, mlp)."""
+    q, k, v = _split_qkv(F.linear(_modulated_norm(h, mod[0], mod[1], eps), wqkv), heads, kv_heads, kp.shape[-1])
+    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    h = h + mod[2] * F.linear(_expert_attention(q, k, v, kp, vp, bias, joint), wo)
+    gate, up = F.linear(_modulated_norm(h, mod[3], mod[4], eps), wgu).chunk(2, dim=-1)
+    return h + mod[5] * F.linear(F.gelu(gate, approximate="tanh") * up, wd)
+
+
+def _expert_head(x: "torch.Tensor", t: "torch.Tensor", action_scale: "torch.Tensor", w_in: "torch.Tensor",
+                 b_in: "torch.Tensor", step_embedding: "torch.Tensor", min_time: float) -> "torch.Tensor":
+    """Preconditioned noisy actions -> expert tokens [K, H, W]; ``t`` [1] float32."""
+    tt = t.float().clamp(min=min_time)
+    pre = x.float() * torch.rsqrt(tt * tt + ((1.0 - tt) * action_scale) ** 2)
+    return F.linear(pre.to(w_in.dtype), w_in, b_in) + step_embedding
+
+
+def _expert_tail(h: "torch.Tensor", x: "torch.Tensor", t: "torch.Tensor", mod: "torch.Tensor", w_out: "torch.Tensor",
+                 b_out: "torch.Tensor", action_scale: "torch.Tensor", eps: float, min_time: float) -> "torch.Tensor":
+    """Final adaRMS norm, x0 head and the flow velocity ``(x - x0) / t`` (float32 [K, H, D])."""
+    clean = F.linear(_modulated_norm(h, mod[0], mod[1], eps), w_out, b_out).float() * action_scale
+    return (x.float() - clean) / t.float().clamp(min=min_time)
+
+
+_COMPILED: Dict[Any, Any] = {}
+
+
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One process-wide ``torch.compile`` wrapper per function, so every backend in the process
+    replays the same generated kernels (graph == eager and pipelined == sequential stay bitwise)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[fn]
+
+
+def _fuse_rows(linears: List[Any]) -> "torch.Tensor":
+    """Concatenate the weights of ``linears`` (no bias) row-wise into one tensor and make each
+    module's weight a row view of it: one GEMM instead of several, no extra memory."""
+    fused = getattr(linears[0], "_vla_fused_rows", None)
+    if fused is not None:
+        offset, reusable = 0, True
+        for linear in linears:
+            rows = linear.weight.shape[0]
+            reusable &= (fused.dtype == linear.weight.dtype and fused.device == linear.weight.device
+                         and offset + rows <= fused.shape[0] and linear.weight.data_ptr() == fused[offset].data_ptr())
+            offset += rows
+        if reusable and offset == fused.shape[0]:
+            return fused
+    with torch.no_grad():
+        fused = torch.cat([linear.weight.detach() for linear in linears], dim=0).contiguous()
+        offset = 0
+        for linear in linears:
+            rows = linear.weight.shape[0]
+            linear.weight.data = fused[offset:offset + rows]
+            offset += rows
+    object.__setattr__(linears[0], "_vla_fused_rows", fused)
+    return fused
+
+
+class FastPolicy:
+    """The GPU serving arrangement of a ``VlaPolicy`` (see the comment above ``_rms``).
+
+    ``install()`` routes ``VisionEngine._backbone`` of this policy instance through the fused
+    layers (embeddings stay the model's own code); ``uninstall()`` restores it. ``velocity`` is the
+    expert's flow velocity from a modulation-table row and a shared prefix.
+    """
+
+    def __init__(self, policy: Any, compile: bool = False, attention: str = "split") -> None:
+        from vla_inference.model import policy as policy_module
+
+        if attention not in ("split", "joint"):
+            raise ValueError(f"attention: expected 'split' or 'joint', received {attention!r}")
+        self._pm = policy_module
+        self.policy = policy
+        cfg = policy.cfg
+        b = cfg.backbone
+        self.cfg = cfg
+        self.heads, self.kv_heads, self.head_dim = b.num_heads, b.num_kv_heads, b.head_dim
+        self.joint = attention == "joint"
+        self.compile = compile
+        ve, ex = policy.vision_engine, policy.action_expert
+        self.dtype = ex.action_in.weight.dtype
+        device = ex.action_in.weight.device
+        self.backbone_weights = []
+        for layer in ve.layers:
+            a, m = layer.attn, layer.mlp
+            self.backbone_weights.append((layer.input_norm.weight, _fuse_rows([a.q_proj, a.k_proj, a.v_proj]), a.o_proj.weight,
+                                  layer.mlp_norm.weight, _fuse_rows([m.gate_proj, m.up_proj]), m.down_proj.weight))
+        self.backbone_eps = ve.layers[0].input_norm.eps
+        self.expert_weights = []
+        for layer in ex.layers:
+            a, m = layer.attn, layer.mlp
+            self.expert_weights.append((_fuse_rows([a.q_proj, a.k_proj, a.v_proj]), a.o_proj.weight,
+                                _fuse_rows([m.gate_proj, m.up_proj]), m.down_proj.weight))
+        self.expert_eps = ex.layers[0].input_norm.eps
+        self.mod_rows = 6 * len(ex.layers) + 2
+        with torch.no_grad():
+            cos, sin = policy_module.rope_tables(torch.arange(cfg.prefix_len, device=device), b.head_dim, self.dtype)
+            self.prefix_rope = (cos[:, None, :], sin[:, None, :])
+            cos, sin = policy_module.rope_tables(
+                torch.arange(cfg.prefix_len, cfg.prefix_len + cfg.action_horizon, device=device), b.head_dim, self.dtype)
+            self.action_rope = (cos[:, None, :], sin[:, None, :])
+        wrap = _compiled if compile else (lambda fn: fn)
+        self._backbone_layer, self._backbone_kv = wrap(_backbone_layer), wrap(_backbone_kv)
+        self._expert_layer, self._expert_head, self._expert_tail = wrap(_expert_layer), wrap(_expert_head), \
+            wrap(_expert_tail)
+
+    # -- stage 1 --------------------------------------------------------------------------------
+    def backbone(self, x: "torch.Tensor", prefix_mask: "torch.Tensor") -> Any:
+        """Drop-in for ``VisionEngine._backbone``: (prefix_kv [B, L, 2, G, P, D], hidden)."""
+        cos, sin = self.prefix_rope
+        if x.shape[1] != cos.shape[0]:
+            raise ValueError(f"prefix length {x.shape[1]} != {cos.shape[0]}")
+        bias = self._pm.key_bias(prefix_mask, x.dtype)
+        layer_kv = []
+        for w_in, wqkv, wo, w_post, wgu, wd in self.backbone_weights[:-1]:
+            x, k, v = self._backbone_layer(x, w_in, wqkv, wo, w_post, wgu, wd, cos, sin, bias, self.backbone_eps,
+                                           self.heads, self.kv_heads)
+            layer_kv.append(torch.stack([k.transpose(1, 2), v.transpose(1, 2)], dim=1))
+        w_in, wqkv = self.backbone_weights[-1][0], self.backbone_weights[-1][1]
+        k, v = self._backbone_kv(x, w_in, wqkv[self.heads * self.head_dim:], cos, sin, self.backbone_eps, self.kv_heads)
+        layer_kv.append(torch.stack([k.transpose(1, 2), v.transpose(1, 2)], dim=1))
+        return torch.stack(layer_kv, dim=1), x
+
+    def install(self) -> None:
+        object.__setattr__(self.policy.vision_engine, "_backbone", self.backbone)
+
+    def uninstall(self) -> None:
+        self.policy.vision_engine.__dict__.pop("_backbone", None)
+
+    # -- stage 2 --------------------------------------------------------------------------------
+    def modulation_table(self, times: "torch.Tensor") -> "torch.Tensor":
+        """[S, 6 * layers + 2, W]: per flow time, (1+scale, shift, gate) of both adaRMS norms of every
+        layer, then (1+scale, shift) of the final norm, exactly as the expert computes them."""
+        with torch.no_grad():
+            return self._modulation_table(times)
+
+    def _modulation_table(self, times: "torch.Tensor") -> "torch.Tensor":
+        ex = self.policy.action_expert
+        width = ex.action_in.weight.shape[0]
+        emb = self._pm.time_embedding(times, width).to(self.dtype)
+        cond = F.silu(ex.time_mlp_out(F.silu(ex.time_mlp_in(emb))))
+        parts = []
+        for layer in ex.layers:
+            for norm in (layer.input_norm, layer.mlp_norm):
+                scale, shift, gate = norm.modulation(cond)[:, None, :].chunk(3, dim=-1)
+                parts += [1.0 + scale, shift, gate]
+        scale, shift = ex.final_norm.modulation(cond)[:, None, :].chunk(2, dim=-1)
+        parts += [1.0 + scale, shift]
+        return torch.cat(parts, dim=1)
+
+    def velocity(self, x: "torch.Tensor", t: "torch.Tensor", mods: "torch.Tensor", prefix_kv: "torch.Tensor",
+                 bias: "torch.Tensor") -> "torch.Tensor":
+        """Flow velocity float32 [K, H, D] at (x [K, H, D] float32, t [1]); ``mods`` is one row of
+        ``modulation_table`` [6 L + 2, W]; ``prefix_kv`` [L, 2, G, P, D]; ``bias`` [P] float32."""
+        ex = self.policy.action_expert
+        pm = self._pm
+        cos, sin = self.action_rope
+        h = self._expert_head(x, t, ex.action_scale, ex.action_in.weight, ex.action_in.bias, ex.step_embedding,
+                              pm.MIN_FLOW_TIME)
+        for index, (wqkv, wo, wgu, wd) in enumerate(self.expert_weights):
+            h = self._expert_layer(h, mods[6 * index:6 * index + 6], wqkv, wo, wgu, wd, prefix_kv[index, 0],
+                                   prefix_kv[index, 1], bias, cos, sin, self.expert_eps, self.heads, self.kv_heads,
+                                   self.joint)
+        return self._expert_tail(h, x, t, mods[self.mod_rows - 2:], ex.action_out.weight, ex.action_out.bias,
+                                 ex.action_scale, self.expert_eps, pm.MIN_FLOW_TIME)
+
+    def mask_bias(self, mask: "torch.Tensor") -> "torch.Tensor":
+        return torch.where(mask, 0.0, self._pm.MASK_BIAS).float()
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 class TorchBackend(Backend):
@@ -73,7 +396,19 @@ class TorchBackend(Backend):
         intra_op_threads: int = 0,
         cuda_graphs: bool = True,
         policy: Any = None,
+        fast_path: Optional[bool] = None,
+        compile: Optional[bool] = None,
+        attention: Optional[str] = None,
+        sync_prefix: Optional[bool] = None,
     ) -> None:
+        """CUDA options (ignored on the CPU, which always runs the policy as written): ``fast_path``
+        (default on, env ``VLA_TORCH_FAST``) serves through ``FastPolicy``; ``compile`` (default
+        ``DEFAULT_COMPILE``, env ``VLA_TORCH_COMPILE``) lets ``torch.compile`` fuse its elementwise
+        work; ``attention`` 'split' (default, env ``VLA_TORCH_ATTENTION``) or 'joint' (SDPA over the
+        concatenated keys, for A/B); ``sync_prefix`` (default on, env ``VLA_TORCH_SYNC_PREFIX``): stage 1
+        waits for its GPU work, so the vision stage time is the GPU time; off, it returns once the
+        work is queued (stage 2 waits on the slot's event) and the next request's preprocessing
+        overlaps the vision pass."""
         if torch is None:
             raise BackendUnavailableError(self.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         if device not in DEVICES:
@@ -93,6 +428,14 @@ class TorchBackend(Backend):
         self.dtype = _torch_dtype(precision)
         self.policy = policy
         self._weights_path: Optional[Path] = None if policy is not None else self._verified_weights_path()
+        self.fast_path = _env_flag("VLA_TORCH_FAST", True) if fast_path is None else bool(fast_path)
+        self.compile = _env_flag("VLA_TORCH_COMPILE", DEFAULT_COMPILE) if compile is None else bool(compile)
+        self.attention = attention or os.environ.get("VLA_TORCH_ATTENTION") or "split"
+        if self.attention not in ("split", "joint"):
+            raise ValueError(f"attention: expected 'split' or 'joint', received {self.attention!r}")
+        self.sync_prefix = _env_flag("VLA_TORCH_SYNC_PREFIX", True) if sync_prefix is None else bool(sync_prefix)
+        self._fast: Optional[FastPolicy] = None
+        self._fast_note = ""
         self._slots: List[_DeviceSlot] = []
         self._static: Dict[str, Any] = {}
 
@@ -183,6 +526,9 @@ class TorchBackend(Backend):
                 stream.synchronize()
         self._slots = []
         self._static = {}
+        if self._fast is not None:
+            self._fast.uninstall()
+            self._fast = None
         self.policy = None if self._weights_path is not None else self.policy
         if self._device == "cuda":
             torch.cuda.empty_cache()
@@ -191,15 +537,79 @@ class TorchBackend(Backend):
         info = super().describe()
         info.update(torch=torch.__version__, cuda_graphs=self.cuda_graphs and self._device == "cuda")
         if self._device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name()
+            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                        fast_path=self._fast is not None, compile=self._fast is not None and self._fast.compile,
+                        attention=self.attention if self._fast is not None else "policy",
+                        sync_prefix=self.sync_prefix, fast_path_note=self._fast_note)
         return info
 
     # -- pipeline stages (CUDA) -----------------------------------------------------------------
     def prepare(self, num_samples: int, slots: int) -> None:
         super().prepare(num_samples, slots)
-        if self._device == "cuda":
+        if self._device != "cuda":
+            return
+        self._fast = None
+        if self.fast_path:
+            self._fast = self._build_fast(self.compile)
+        try:
             with torch.inference_mode():
                 self._prepare_cuda(num_samples, slots)
+        except Exception as exc:  # noqa: BLE001 - a compile failure must not take serving down
+            if self._fast is None or not self._fast.compile:
+                raise
+            LOG.warning("torch.compile fast path failed (%s: %s); serving the eager fast path", type(exc).__name__, exc)
+            self._fast_note = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
+            self._fast.uninstall()
+            torch.cuda.synchronize()
+            self._fast = self._build_fast(False)
+            with torch.inference_mode():
+                self._prepare_cuda(num_samples, slots)
+
+    def _build_fast(self, compile: bool) -> Optional[FastPolicy]:
+        """The fast path, checked once against the policy as written (fp32 reference inputs are not
+        needed: both run in the serving dtype on the same weights; they differ only by rounding)."""
+        fast = FastPolicy(self.policy, compile=False, attention=self.attention)
+        cosines = self._self_check(fast)
+        if min(cosines) < SELF_CHECK_MIN_COSINE:
+            LOG.error("fast path disagrees with the policy (cosine %s); serving the policy as written", cosines)
+            self._fast_note = f"self-check failed: cosines {cosines}"
+            return None
+        self._fast_note = f"self-check cosines prefix {cosines[0]:.6f}, velocity {cosines[1]:.6f}"
+        if compile:
+            fast = FastPolicy(self.policy, compile=True, attention=self.attention)
+        fast.install()
+        return fast
+
+    def _self_check(self, fast: FastPolicy) -> List[float]:
+        """Cosine of (fast, policy) for the prefix keys/values and one velocity on seeded inputs."""
+        cfg, dev = self.config, torch.device("cuda")
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        feeds = {}
+        for t in self.specs[VISION].inputs:
+            shape = t.concrete_shape(1)
+            if t.dtype == "float32":
+                feeds[t.name] = torch.rand(shape, generator=gen).mul_(2.0).sub_(1.0).abs_().to(dev)
+            elif t.dtype == "bool":
+                feeds[t.name] = torch.ones(shape, dtype=torch.bool).to(dev)
+            else:
+                feeds[t.name] = torch.randint(0, 256, shape, generator=gen).to(dev)
+        feeds["text_mask"][:, cfg.text_max_len // 2:] = False
+        k = 2
+        x = torch.randn((k, cfg.action_horizon, cfg.action_dim), generator=gen).to(dev)
+        t = torch.full((1,), 0.7, dtype=torch.float32, device=dev)
+        ve, ex = self.policy.vision_engine, self.policy.action_expert
+        args = [feeds[t_.name] for t_ in self.specs[VISION].inputs]
+        with torch.inference_mode():
+            ref_kv, mask = ve(*args)
+            fast.install()
+            try:
+                fast_kv, _ = ve(*args)
+            finally:
+                fast.uninstall()
+            ref_v = ex(x, t.expand(k), ref_kv.expand(k, *ref_kv.shape[1:]), mask.expand(k, -1))
+            fast_v = fast.velocity(x, t, fast.modulation_table(t)[0], fast_kv[0], fast.mask_bias(mask[0]))
+        cos = torch.nn.functional.cosine_similarity
+        return [float(cos(a.double().flatten(), b.double().flatten(), dim=0)) for a, b in ((fast_kv, ref_kv), (fast_v, ref_v))]
 
     def _prepare_cuda(self, k: int, slots: int) -> None:
         """Allocate static buffers and capture the prefix graph and one step graph per slot."""
@@ -217,6 +627,8 @@ class TorchBackend(Backend):
         }
         static["vision_in"]["camera_mask"].fill_(True)
         static["vision_in"]["text_mask"][:, 0] = True
+        static["inputs_copied"] = torch.cuda.Event()
+        static["inputs_copied"].record(self._streams[VISION])
         static["x"] = torch.zeros((k, cfg.action_horizon, cfg.action_dim), dtype=torch.float32, device=dev)
         static["noise_host"] = torch.zeros(static["x"].shape, dtype=torch.float32, pin_memory=True)
         static["result_host"] = torch.zeros(static["x"].shape, dtype=torch.float32, pin_memory=True)
@@ -225,23 +637,28 @@ class TorchBackend(Backend):
         static["step"] = torch.zeros((1,), dtype=torch.int64, device=dev)
         static["dt"] = torch.zeros((), dtype=torch.float32, device=dev)
         static["done"] = torch.cuda.Event()
+        fast = self._fast
+        if fast is not None:
+            static["mods"] = torch.zeros((MAX_STEPS, fast.mod_rows, cfg.expert.width), dtype=self.dtype, device=dev)
+            static["mods_steps"] = None
+            static["mod_tables"] = {}
         self._static = static
 
         def vision_pass() -> Any:
-            return self.policy.vision_engine(*(static["vision_in"][t.name] for t in vision_spec.inputs))
+            prefix_kv, prefix_mask = self.policy.vision_engine(*(static["vision_in"][t.name] for t in vision_spec.inputs))
+            return prefix_kv[0], prefix_mask[0]
 
         static["vision_fn"] = vision_pass
         static["vision_graph"], static["vision_out"] = self._capture(vision_pass, self._streams[VISION])
         prefix_kv, prefix_mask = static["vision_out"]
-        self._slots = [
-            _DeviceSlot(prefix_kv.repeat(k, *([1] * (prefix_kv.dim() - 1))),
-                        prefix_mask.repeat(k, *([1] * (prefix_mask.dim() - 1))))
-            for _ in range(slots)
-        ]
+        self._slots = [_DeviceSlot(torch.zeros_like(prefix_kv), torch.ones_like(prefix_mask)) for _ in range(slots)]
+        if fast is not None:  # a valid table row for the capture warm-up
+            static["mods"][:1].copy_(fast.modulation_table(static["schedule"][:1] + 1.0))
         static["step_fns"], static["step_graphs"] = [], []
         for slot in self._slots:
             step = self._make_step(slot)
-            graph, _ = self._capture(step, self._streams[ACTION_EXPERT])
+            static["step"].zero_()
+            graph, _ = self._capture(step, self._streams[ACTION_EXPERT], reset=lambda: static["step"].zero_())
             static["step_fns"].append(step)
             static["step_graphs"].append(graph)
         torch.cuda.synchronize()
@@ -250,22 +667,40 @@ class TorchBackend(Backend):
         """One denoising step on static buffers: t = schedule[step]; x += dt * v(x, t); step += 1."""
         static = self._static
         k = static["x"].shape[0]
+        fast = self._fast
 
-        def denoise_step() -> Any:
+        if fast is not None:
+            def denoise_step() -> Any:
+                t = static["schedule"].index_select(0, static["step"])
+                mods = static["mods"].index_select(0, static["step"])[0]
+                velocity = fast.velocity(static["x"], t, mods, slot.prefix_kv, slot.bias)
+                static["x"].add_(velocity * static["dt"])
+                static["step"].add_(1)
+                return velocity
+
+            return denoise_step
+
+        def policy_step() -> Any:
             t = static["schedule"].index_select(0, static["step"]).expand(k)
-            velocity = self.policy.action_expert(static["x"], t, slot.prefix_kv, slot.prefix_mask)
+            velocity = self.policy.action_expert(static["x"], t, slot.prefix_kv[None].expand(k, *slot.prefix_kv.shape),
+                                                 slot.prefix_mask[None].expand(k, -1))
             static["x"].add_(velocity * static["dt"])
             static["step"].add_(1)
             return velocity
 
-        return denoise_step
+        return policy_step
 
-    def _capture(self, fn: Callable[[], Any], stream: "torch.cuda.Stream") -> Any:
+    def _capture(self, fn: Callable[[], Any], stream: "torch.cuda.Stream",
+                 reset: Optional[Callable[[], Any]] = None) -> Any:
         """Warm ``fn`` up on ``stream`` and capture it as a CUDA graph: (graph or None, outputs)."""
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(GRAPH_WARMUP_ITERS):
+                if reset is not None:
+                    reset()
                 out = fn()
+            if reset is not None:
+                reset()
         torch.cuda.current_stream().wait_stream(stream)
         if not self.cuda_graphs:
             return None, out
@@ -281,20 +716,39 @@ class TorchBackend(Backend):
         static = self._static
         stream = self._streams[VISION]
         target = self._slots[slot]
+        static["inputs_copied"].synchronize()  # the previous request's host-to-device copies are done
         with torch.inference_mode(), torch.cuda.stream(stream):
             for name, host in static["vision_host"].items():
                 host.numpy()[...] = feeds[name]
                 static["vision_in"][name].copy_(host, non_blocking=True)
+            static["inputs_copied"].record(stream)
             if static["vision_graph"] is not None:
                 static["vision_graph"].replay()
                 prefix_kv, prefix_mask = static["vision_out"]
             else:
                 prefix_kv, prefix_mask = static["vision_fn"]()
-            target.prefix_kv.copy_(prefix_kv.expand_as(target.prefix_kv))
-            target.prefix_mask.copy_(prefix_mask.expand_as(target.prefix_mask))
+            target.prefix_kv.copy_(prefix_kv)
+            target.prefix_mask.copy_(prefix_mask)
+            if self._fast is not None:
+                target.bias.copy_(self._fast.mask_bias(prefix_mask))
             target.ready.record(stream)
-        target.ready.synchronize()
+        if self.sync_prefix:
+            target.ready.synchronize()
         return slot
+
+    def _modulations(self, steps: int, times: np.ndarray) -> None:
+        """Make ``static['mods'][:steps]`` the modulation table of this steps value (on the current stream)."""
+        static, fast = self._static, self._fast
+        if static["mods_steps"] == steps:
+            return
+        table = static["mod_tables"].get(steps)
+        if table is None:
+            if len(static["mod_tables"]) >= MOD_TABLE_CACHE:
+                static["mod_tables"].clear()
+            table = fast.modulation_table(torch.from_numpy(times).to("cuda", non_blocking=False))
+            static["mod_tables"][steps] = table
+        static["mods"][:steps].copy_(table)
+        static["mods_steps"] = steps
 
     def denoise(self, prefix: Any, noise: np.ndarray, steps: int) -> np.ndarray:
         if self._device != "cuda":
@@ -309,6 +763,8 @@ class TorchBackend(Backend):
         graph, step_fn = static["step_graphs"][prefix], static["step_fns"][prefix]
         stream = self._streams[ACTION_EXPERT]
         with torch.inference_mode(), torch.cuda.stream(stream):
+            if self._fast is not None:
+                self._modulations(steps, times)
             stream.wait_event(slot.ready)
             static["noise_host"].numpy()[...] = noise
             static["schedule_host"].numpy()[:steps] = times
