@@ -102,7 +102,8 @@ class ProcessSet:
             params_file.write_text(spec.parameters_yaml())
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{spec.name}.log"
-        log_file = open(log_path, "ab")
+        # A fresh log per run; a restart within the run appends to its predecessor's log.
+        log_file = open(log_path, "ab" if spec.name in self._specs else "wb")
         popen = subprocess.Popen(
             [*command, *spec.ros_arguments(params_file)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
