@@ -46,14 +46,14 @@ def variant_options(name: str) -> dict:
 
 def kernel_family(name: str) -> str:
     n = name.lower()
+    if n.startswith("triton"):
+        return "triton (fused elementwise/reduction)"
     if any(s in n for s in ("gemm", "gemv", "cutlass", "sm90_xmma", "nvjet", "cublas", "splitk", "matmul")):
         return "gemm"
     if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "cudnn")):
         return "attention"
     if "cat" in n or "copy" in n or "memcpy" in n or "memset" in n:
         return "copy/cat"
-    if n.startswith("triton") or "fused" in n:
-        return "triton (fused elementwise/reduction)"
     return "elementwise/reduction (aten)"
 
 
@@ -67,7 +67,7 @@ def gpu_replay_ms(backend: TorchBackend, replays: int) -> dict:
     for name, graph, reset in (("prefix_graph_ms", static["vision_graph"], None),
                                ("step_graph_ms", static["step_graphs"][0], static["step"])):
         times = []
-        with torch.cuda.stream(stream):
+        with torch.inference_mode(), torch.cuda.stream(stream):
             for _ in range(replays + 3):
                 if reset is not None:
                     reset.zero_()
@@ -117,14 +117,17 @@ def profile_variant(policy, cfg, name: str, args, observation, out: Path) -> dic
         for _ in range(3):
             pipeline.infer(observation, steps=args.steps, seed=0)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             chunk = pipeline.infer(observation, steps=args.steps, seed=0)
             torch.cuda.synchronize()
     finally:
         pipeline.close()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.row_limit, max_name_column_width=70)
-    (out / "profile_top_kernels.txt").write_text(table + "\n")
+    ops = prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.row_limit,
+                                                           max_name_column_width=40, max_shapes_column_width=90)
+    (out / "profile_top_kernels.txt").write_text(table + "\n\n" + ops + "\n")
     print(table)
+    print(ops)
     families, counts, total = defaultdict(float), defaultdict(int), 0.0
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:

@@ -58,13 +58,17 @@ def _numpy_to_torch_dtype(name: str) -> "torch.dtype":
 
 class _DeviceSlot:
     """One request's prefix on the device, shared by its K samples (never repeated K times):
-    keys/values [layers, 2, kv_heads, prefix_len, head_dim], the bool mask [prefix_len] and its
-    additive float32 bias, plus the event that says stage 1 has filled them."""
+    keys/values ``padded_kv`` [layers, 2, kv_heads, padded_len, head_dim] (``prefix_kv`` is its first
+    prefix_len positions; the rest stay zero), the bool mask [prefix_len], the additive float32
+    ``bias`` [padded_len] (MASK_BIAS on the padding), and the event that says stage 1 filled them."""
 
-    def __init__(self, kv: "torch.Tensor", mask: "torch.Tensor") -> None:
-        self.prefix_kv = kv
-        self.prefix_mask = mask
-        self.bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    def __init__(self, kv: "torch.Tensor", mask: "torch.Tensor", padded_len: int, mask_bias: float) -> None:
+        prefix_len = kv.shape[-2]
+        shape = (*kv.shape[:-2], padded_len, kv.shape[-1])
+        self.padded_kv = torch.zeros(shape, dtype=kv.dtype, device=kv.device)
+        self.prefix_kv = self.padded_kv[..., :prefix_len, :]
+        self.prefix_mask = torch.ones_like(mask)
+        self.bias = torch.full((padded_len,), mask_bias, dtype=torch.float32, device=mask.device)
         self.ready = torch.cuda.Event()
 
 
@@ -187,15 +191,23 @@ def _expert_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", k
                                              keys.transpose(0, 1), values.transpose(0, 1), attn_mask=full_bias)
         out = out.transpose(0, 1)
     else:
+        # Action keys/values are zero-padded to a multiple of 8 rows (masked with -inf) so that every
+        # operand of the four GEMMs is 16-byte aligned (else cuBLAS falls back to pre-Hopper kernels);
+        # the prefix is padded the same way by the caller (``FastPolicy.prefix_len_padded``).
         scale = head_dim ** -0.5
+        padded = horizon + (-horizon) % 8
+        if padded != horizon:
+            ka = F.pad(ka, (0, 0, 0, padded - horizon))
+            va = F.pad(va, (0, 0, 0, padded - horizon))
+        action_bias = torch.where(torch.arange(padded, device=q.device) < horizon, 0.0, float("-inf"))
         scores_prefix = torch.matmul(qg, kp.transpose(1, 2)).reshape(groups, samples, rows, prefix_len)
         scores_action = torch.matmul(qg.reshape(groups, samples, rows, head_dim), ka.transpose(2, 3))
-        scores = torch.cat([scores_prefix.float() * scale + bias, scores_action.float() * scale], dim=-1)
+        scores = torch.cat([scores_prefix.float() * scale + bias, scores_action.float() * scale + action_bias], dim=-1)
         p = torch.softmax(scores, dim=-1).to(q.dtype)
         out = torch.matmul(p[..., :prefix_len].reshape(groups, samples * rows, prefix_len), vp)
         out = torch.baddbmm(out.reshape(groups * samples, rows, head_dim),
-                            p[..., prefix_len:].reshape(groups * samples, rows, horizon),
-                            va.reshape(groups * samples, horizon, head_dim))
+                            p[..., prefix_len:].reshape(groups * samples, rows, padded),
+                            va.reshape(groups * samples, padded, head_dim))
     if groups == 1:
         return out.reshape(samples, horizon, heads * head_dim)
     out = out.reshape(groups, samples, horizon, per_group, head_dim).permute(1, 2, 0, 3, 4)
@@ -227,6 +239,34 @@ def _expert_tail(h: "torch.Tensor", x: "torch.Tensor", t: "torch.Tensor", mod: "
     """Final adaRMS norm, x0 head and the flow velocity ``(x - x0) / t`` (float32 [K, H, D])."""
     clean = F.linear(_modulated_norm(h, mod[0], mod[1], eps), w_out, b_out).float() * action_scale
     return (x.float() - clean) / t.float().clamp(min=min_time)
+
+
+def _vit_block(x: "torch.Tensor", n1w: "torch.Tensor", n1b: "torch.Tensor", wqkv: "torch.Tensor", bqkv: "torch.Tensor",
+               wp: "torch.Tensor", bp: "torch.Tensor", n2w: "torch.Tensor", n2b: "torch.Tensor", w1: "torch.Tensor",
+               b1: "torch.Tensor", w2: "torch.Tensor", b2: "torch.Tensor", heads: int, eps: float) -> "torch.Tensor":
+    """``ViTBlock.forward`` with its weights as arguments (one compiled function for every block)."""
+    batch, length, width = x.shape
+    qkv = F.linear(F.layer_norm(x, (width,), n1w, n1b, eps), wqkv, bqkv).reshape(batch, length, 3, heads, width // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    x = x + F.linear(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width), wp, bp)
+    h = F.gelu(F.linear(F.layer_norm(x, (width,), n2w, n2b, eps), w1, b1), approximate="tanh")
+    return x + F.linear(h, w2, b2)
+
+
+def _patch_conv(x: "torch.Tensor", weight: "torch.Tensor", bias: Optional["torch.Tensor"]) -> "torch.Tensor":
+    """A Conv2d whose stride equals its kernel (no padding) as one GEMM over the patches: [N, O, H/kh, W/kw]."""
+    n, c, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    gh, gw = height // kh, width // kw
+    patches = x.reshape(n, c, gh, kh, gw, kw).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * kh * kw)
+    out = F.linear(patches, weight.reshape(out_channels, c * kh * kw), bias)
+    return out.transpose(1, 2).reshape(n, out_channels, gh, gw)
+
+
+def _is_patch_conv(conv: Any) -> bool:
+    return (isinstance(conv, torch.nn.Conv2d) and tuple(conv.stride) == tuple(conv.kernel_size)
+            and conv.padding in ((0, 0), "valid") and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
 
 
 _COMPILED: Dict[Any, Any] = {}
@@ -301,6 +341,10 @@ class FastPolicy:
                                 _fuse_rows([m.gate_proj, m.up_proj]), m.down_proj.weight))
         self.expert_eps = ex.layers[0].input_norm.eps
         self.mod_rows = 6 * len(ex.layers) + 2
+        # Prefix keys/values are served padded to a multiple of 16 (masked), for aligned GEMMs.
+        self.prefix_len_padded = cfg.prefix_len + (-cfg.prefix_len) % 16
+        self.vit_blocks = list(ve.vit.blocks)
+        self.patch_convs = [conv for conv in (ve.vit.patch_embed, ve.lidar_embed) if _is_patch_conv(conv)]
         with torch.no_grad():
             cos, sin = policy_module.rope_tables(torch.arange(cfg.prefix_len, device=device), b.head_dim, self.dtype)
             self.prefix_rope = (cos[:, None, :], sin[:, None, :])
@@ -311,6 +355,7 @@ class FastPolicy:
         self._backbone_layer, self._backbone_kv = wrap(_backbone_layer), wrap(_backbone_kv)
         self._expert_layer, self._expert_head, self._expert_tail = wrap(_expert_layer), wrap(_expert_head), \
             wrap(_expert_tail)
+        self._vit_block = wrap(_vit_block)
 
     # -- stage 1 --------------------------------------------------------------------------------
     def backbone(self, x: "torch.Tensor", prefix_mask: "torch.Tensor") -> Any:
@@ -329,11 +374,34 @@ class FastPolicy:
         layer_kv.append(torch.stack([k.transpose(1, 2), v.transpose(1, 2)], dim=1))
         return torch.stack(layer_kv, dim=1), x
 
+    def _vit_forward(self, block: Any) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+        def forward(x: "torch.Tensor") -> "torch.Tensor":
+            return self._vit_block(x, block.norm1.weight, block.norm1.bias, block.qkv.weight, block.qkv.bias,
+                                   block.proj.weight, block.proj.bias, block.norm2.weight, block.norm2.bias,
+                                   block.fc1.weight, block.fc1.bias, block.fc2.weight, block.fc2.bias,
+                                   block.num_heads, block.norm1.eps)
+        return forward
+
     def install(self) -> None:
+        """Route this policy instance's backbone, ViT blocks and patch convolutions through the fast
+        functions (instance attributes; the classes and the other policies are untouched)."""
         object.__setattr__(self.policy.vision_engine, "_backbone", self.backbone)
+        for block in self.vit_blocks:
+            object.__setattr__(block, "forward", self._vit_forward(block))
+        for conv in self.patch_convs:
+            object.__setattr__(conv, "forward", lambda x, conv=conv: _patch_conv(x, conv.weight, conv.bias))
 
     def uninstall(self) -> None:
         self.policy.vision_engine.__dict__.pop("_backbone", None)
+        for module in self.vit_blocks + self.patch_convs:
+            module.__dict__.pop("forward", None)
+
+    def pad_prefix(self, prefix_kv: "torch.Tensor", mask: "torch.Tensor") -> Any:
+        """(keys/values [L, 2, G, P_padded, D] zero-padded, bias [P_padded] float32) from one request's
+        prefix_kv [L, 2, G, P, D] and mask [P]; the serving path writes the same into its slot buffers."""
+        pad = self.prefix_len_padded - prefix_kv.shape[-2]
+        bias = torch.cat([self.mask_bias(mask), torch.full((pad,), self._pm.MASK_BIAS, device=mask.device)])
+        return F.pad(prefix_kv, (0, 0, 0, pad)), bias
 
     # -- stage 2 --------------------------------------------------------------------------------
     def modulation_table(self, times: "torch.Tensor") -> "torch.Tensor":
@@ -359,7 +427,8 @@ class FastPolicy:
     def velocity(self, x: "torch.Tensor", t: "torch.Tensor", mods: "torch.Tensor", prefix_kv: "torch.Tensor",
                  bias: "torch.Tensor") -> "torch.Tensor":
         """Flow velocity float32 [K, H, D] at (x [K, H, D] float32, t [1]); ``mods`` is one row of
-        ``modulation_table`` [6 L + 2, W]; ``prefix_kv`` [L, 2, G, P, D]; ``bias`` [P] float32."""
+        ``modulation_table`` [6 L + 2, W]; ``prefix_kv`` [L, 2, G, P', D] and ``bias`` [P'] float32,
+        P' >= P (``pad_prefix``: padded keys are masked)."""
         ex = self.policy.action_expert
         pm = self._pm
         cos, sin = self.action_rope
@@ -607,7 +676,7 @@ class TorchBackend(Backend):
             finally:
                 fast.uninstall()
             ref_v = ex(x, t.expand(k), ref_kv.expand(k, *ref_kv.shape[1:]), mask.expand(k, -1))
-            fast_v = fast.velocity(x, t, fast.modulation_table(t)[0], fast_kv[0], fast.mask_bias(mask[0]))
+            fast_v = fast.velocity(x, t, fast.modulation_table(t)[0], *fast.pad_prefix(fast_kv[0], mask[0]))
         cos = torch.nn.functional.cosine_similarity
         return [float(cos(a.double().flatten(), b.double().flatten(), dim=0)) for a, b in ((fast_kv, ref_kv), (fast_v, ref_v))]
 
@@ -651,7 +720,10 @@ class TorchBackend(Backend):
         static["vision_fn"] = vision_pass
         static["vision_graph"], static["vision_out"] = self._capture(vision_pass, self._streams[VISION])
         prefix_kv, prefix_mask = static["vision_out"]
-        self._slots = [_DeviceSlot(torch.zeros_like(prefix_kv), torch.ones_like(prefix_mask)) for _ in range(slots)]
+        padded_len = fast.prefix_len_padded if fast is not None else cfg.prefix_len
+        from vla_inference.model.policy import MASK_BIAS
+
+        self._slots = [_DeviceSlot(prefix_kv, prefix_mask, padded_len, MASK_BIAS) for _ in range(slots)]
         if fast is not None:  # a valid table row for the capture warm-up
             static["mods"][:1].copy_(fast.modulation_table(static["schedule"][:1] + 1.0))
         static["step_fns"], static["step_graphs"] = [], []
@@ -673,7 +745,7 @@ class TorchBackend(Backend):
             def denoise_step() -> Any:
                 t = static["schedule"].index_select(0, static["step"])
                 mods = static["mods"].index_select(0, static["step"])[0]
-                velocity = fast.velocity(static["x"], t, mods, slot.prefix_kv, slot.bias)
+                velocity = fast.velocity(static["x"], t, mods, slot.padded_kv, slot.bias)
                 static["x"].add_(velocity * static["dt"])
                 static["step"].add_(1)
                 return velocity
@@ -730,7 +802,7 @@ class TorchBackend(Backend):
             target.prefix_kv.copy_(prefix_kv)
             target.prefix_mask.copy_(prefix_mask)
             if self._fast is not None:
-                target.bias.copy_(self._fast.mask_bias(prefix_mask))
+                target.bias[:prefix_mask.shape[0]].copy_(self._fast.mask_bias(prefix_mask))
             target.ready.record(stream)
         if self.sync_prefix:
             target.ready.synchronize()
