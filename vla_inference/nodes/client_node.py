@@ -29,7 +29,7 @@ from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 
 COMMAND_TOPIC = "/vla/command"
-REQUEST_TICK_S = 0.01  # pacing resolution of the request loop
+REQUEST_TICK_S = 0.02  # pacing resolution of the request loop
 STATE_TOPIC = "/joint_states"
 LIDAR_TOPIC = "/vla/lidar/range_image"
 TEXT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -163,7 +163,7 @@ class VlaClientNode(Node):
 
 
 def main(args: Optional[list] = None) -> None:
-    spin_node(VlaClientNode, args, num_threads=3)
+    spin_node(VlaClientNode, args)  # no callback blocks: one thread is enough and costs least CPU
 
 
 if __name__ == "__main__":
