@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir
 
 from vla_test_pipeline.checker import format_table
 from vla_test_pipeline.checker_node import SmokeCheckerNode
-from vla_test_pipeline.graph import INFERENCE_NODE, GraphConfig, checker_parameters
+from vla_test_pipeline.graph import INFERENCE_NODE, GraphConfig, NodeSpec, checker_parameters
+from vla_test_pipeline.processes import installed_executable
 from vla_test_pipeline.runner import GraphSession
 
 MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR", "")
@@ -70,9 +72,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.1)
 
 
-def test_smoke_checks_pass_with_the_shipped_policy(tmp_path):
-    graph_config = config(duration_s=15.0, output_dir=str(tmp_path))
-    with GraphSession(graph_config, tmp_path, progress=print) as session:
+def run_smoke_check(graph_config: GraphConfig, out_dir: Path, **session_options):
+    """The graph plus the smoke checker for the config's duration; returns (report, exit codes)."""
+    with GraphSession(graph_config, out_dir, progress=print, **session_options) as session:
         overrides = [Parameter(k, value=v) for k, v in checker_parameters(graph_config).items()]
         checker = SmokeCheckerNode(context=session.context, parameter_overrides=overrides)
         session.add_node(checker)
@@ -80,9 +82,87 @@ def test_smoke_checks_pass_with_the_shipped_policy(tmp_path):
         assert session.failed_process() is None, session.failed_process()
         report = checker.finish()
     print(format_table(report))
+    return report, session.exit_codes
+
+
+def test_smoke_checks_pass_with_the_shipped_policy(tmp_path):
+    report, exit_codes = run_smoke_check(config(duration_s=15.0, output_dir=str(tmp_path)), tmp_path)
     assert report.passed, format_table(report)
     assert Path(report.artifacts["png"]).stat().st_size > 10_000
-    assert all(code == 0 for code in session.exit_codes.values()), session.exit_codes
+    assert all(code == 0 for code in exit_codes.values()), exit_codes
+
+
+# A lifecycle stand-in for vla_inference_node that answers every request with the expert's chunk for
+# the current scene, planned from the request's state, after the shipped policy's typical inference
+# time: the robot side (client, chunk executor, synthetic robot) must then reach every target,
+# whatever the trained policy's quality.
+MODEL_TIME_S = 0.06
+EXPERT_SERVER = textwrap.dedent(f"""
+    import dataclasses, sys, time
+    import numpy as np, rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.lifecycle import LifecycleNode
+    from std_msgs.msg import UInt32
+    from vla_msgs.msg import InferenceRequest, InferenceResponse
+    from vla_inference import contract
+    from vla_inference.synthetic.scene import expert_actions, generate_scene
+    from vla_test_pipeline import topics
+
+    class ExpertServer(LifecycleNode):
+        def __init__(self):
+            super().__init__("expert")
+            self.scene = None
+            self.active = False
+            self.create_subscription(UInt32, topics.SCENE_TOPIC, self.on_scene, topics.LATCHED_QOS)
+            self.pub = self.create_publisher(InferenceResponse, contract.RESPONSE_TOPIC, contract.INFERENCE_QOS)
+            self.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, self.on_request, contract.INFERENCE_QOS)
+
+        def on_scene(self, msg):
+            self.scene = generate_scene(msg.data)
+
+        def on_activate(self, state):
+            self.active = True
+            return super().on_activate(state)
+
+        def on_request(self, request):
+            response = InferenceResponse(request_id=request.request_id, denoising_steps=10)
+            if not self.active or self.scene is None:
+                response.status = InferenceResponse.STATUS_NOT_READY
+            else:
+                start = tuple(float(v) for v in request.sensor_data.state[:3])
+                actions = np.zeros((16, 8), np.float32)
+                if np.linalg.norm(self.scene.target_position - start) > 1e-6:
+                    actions = expert_actions(dataclasses.replace(self.scene, ee_start=start))
+                response.action_horizon, response.action_dim = actions.shape
+                response.action_seq = actions.ravel().tolist()
+                time.sleep({MODEL_TIME_S})
+            self.pub.publish(response)
+
+    rclpy.init(args=sys.argv)
+    node = ExpertServer()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    """)
+
+
+def test_expert_chunks_through_the_client_reach_every_target(tmp_path):
+    script = tmp_path / "expert_server.py"
+    script.write_text(EXPERT_SERVER)
+
+    def resolve(spec: NodeSpec) -> list:
+        return [sys.executable, str(script)] if spec.name == INFERENCE_NODE else installed_executable(spec)
+
+    report, _ = run_smoke_check(config(duration_s=15.0, output_dir=str(tmp_path)), tmp_path, resolve=resolve)
+    episodes = [(e["reason"], round(e["final_error_m"] * 100, 1)) for e in report.episodes]
+    print("episodes (reason, final error cm):", episodes)
+    assert len(report.episodes) >= 3 and report.success_rate >= 0.9, (
+        f"with perfect chunks, episodes ended {episodes} (reason, final error cm): the robot-side loop "
+        "(vla_client_node's chunk executor, synthetic robot) loses motion")
 
 
 def test_denoising_steps_set_mid_run_reach_the_next_responses(tmp_path):
