@@ -8,8 +8,10 @@ PERIOD = 0.1
 CHUNK = np.arange(16 * 8, dtype=np.float64).reshape(16, 8) + 1.0
 
 
-def executor(hold=HoldPolicy.ZERO, max_age=0.5):
-    return ChunkExecutor(control_period_s=PERIOD, max_chunk_age_s=max_age, hold_policy=hold, action_dim=8)
+def executor(hold=HoldPolicy.ZERO, max_age=0.5, delta_dims=None):
+    """delta_dims=None: rows count as progress; tests of position-delta progress pass (0, 1, 2)."""
+    return ChunkExecutor(control_period_s=PERIOD, max_chunk_age_s=max_age, hold_policy=hold, action_dim=8,
+                         delta_dims=delta_dims)
 
 
 def test_idle_before_any_chunk():
@@ -44,13 +46,48 @@ def test_last_policy_holds_the_last_emitted_row():
         np.testing.assert_array_equal(command, CHUNK[1])
 
 
-def test_rows_already_due_are_skipped_on_acceptance():
+def test_nothing_is_skipped_when_the_robot_held_still_since_the_observation():
     ex = executor()
     decision = ex.accept_chunk(CHUNK, stamp_s=5.0, now_s=5.25)
+    assert decision.accepted and decision.start_row == 0
+    assert ex.rows_remaining == 16
+    np.testing.assert_array_equal(ex.command(5.25)[0], CHUNK[0])
+
+
+def test_rows_executed_since_the_observation_are_skipped():
+    ex = executor()
+    ex.accept_chunk(CHUNK, stamp_s=5.0, now_s=5.0)
+    for k in range(3):
+        ex.command(5.0 + k * PERIOD)  # executed at 5.0, 5.1, 5.2
+    decision = ex.accept_chunk(-CHUNK, stamp_s=5.05, now_s=5.25)  # planned from the state at 5.05
     assert decision.accepted and decision.start_row == 2
-    assert ex.rows_remaining == 14
-    np.testing.assert_array_equal(ex.command(5.25)[0], CHUNK[2])
-    np.testing.assert_array_equal(ex.command(5.35)[0], CHUNK[3])
+    np.testing.assert_array_equal(ex.command(5.3)[0], -CHUNK[2])
+
+
+def test_position_delta_progress_picks_the_row_the_robot_reached():
+    ex = executor(delta_dims=(0, 1, 2))
+    plan = np.zeros((16, 8))
+    plan[:, 0] = 0.05  # 5 cm per row along x
+    ex.accept_chunk(plan, stamp_s=0.0, now_s=0.0)
+    for k in range(3):
+        ex.command(k * PERIOD)  # executed 15 cm, 10 cm of it after the stamp below
+    decision = ex.accept_chunk(plan, stamp_s=0.05, now_s=0.25)
+    assert decision.accepted and decision.start_row == 2
+
+
+def test_a_chunk_planned_from_a_standstill_reaches_its_goal():
+    """Near the goal each new chunk has one moving row then zeros: the moving row must be played."""
+    ex = executor(delta_dims=(0, 1, 2))
+    final_step = np.zeros((16, 8))
+    final_step[0, :3] = 0.05
+    travelled = 0.0
+    now = 0.0
+    for _ in range(3):
+        ex.accept_chunk(final_step, stamp_s=now, now_s=now + 0.15)  # 150 ms of inference
+        for _ in range(16):
+            travelled += ex.command(now + 0.15)[0][0]
+            now += PERIOD
+    assert travelled == pytest.approx(0.15)
 
 
 def test_jittery_calls_neither_skip_nor_repeat_rows():
@@ -68,7 +105,7 @@ def test_newer_chunk_replaces_the_current_one_at_its_elapsed_row():
     ex.command(0.1)
     newer = -CHUNK
     decision = ex.accept_chunk(newer, stamp_s=0.05, now_s=0.2)
-    assert decision.accepted and decision.start_row == 1
+    assert decision.accepted and decision.start_row == 1  # the row executed at 0.1 came after the stamp
     np.testing.assert_array_equal(ex.command(0.2)[0], newer[1])
 
 
@@ -95,8 +132,11 @@ def test_out_of_order_chunk_is_refused_after_exhaustion_too():
     assert not ex.accept_chunk(-CHUNK, stamp_s=1.95, now_s=2.2).accepted
 
 
-def test_chunk_whose_rows_all_passed_is_refused():
-    ex = ChunkExecutor(PERIOD, max_chunk_age_s=5.0, hold_policy="zero", action_dim=8)
+def test_chunk_whose_rows_were_all_executed_already_is_refused():
+    ex = ChunkExecutor(PERIOD, max_chunk_age_s=5.0, hold_policy="zero", action_dim=8, delta_dims=None)
+    ex.accept_chunk(CHUNK, stamp_s=0.0, now_s=0.0)
+    for k in range(4):
+        ex.command(k * PERIOD)
     decision = ex.accept_chunk(CHUNK[:3], stamp_s=0.0, now_s=0.35)
     assert not decision.accepted and "rows" in decision.reason
 

@@ -10,10 +10,14 @@ Semantics:
 * ``accept_chunk`` refuses a chunk that is not a finite [H, action_dim] array, that is older than
   ``max_chunk_age_s`` (``now_s - stamp_s``), whose stamp lies more than one control period in the
   future, or whose observation is older than the last accepted chunk's (out-of-order responses).
-* An accepted chunk replaces the current one immediately and starts at the row planned for now,
-  ``floor((now_s - stamp_s) / control_period_s)``: rows whose time already passed while the policy
-  was thinking are skipped (LeRobot async-inference style), so the robot does not replay motion
-  planned for an older state. A chunk with no row left is refused.
+* An accepted chunk replaces the current one immediately. It was planned from the state at
+  ``stamp_s``; since then the robot already executed rows of the previous chunk, so the new chunk
+  starts where the robot already is on its plan. With ``delta_dims`` (the position-delta columns,
+  default 0-2) that is the row whose cumulative displacement is nearest to the displacement the
+  robot executed after ``stamp_s``; without them, after as many rows as were executed after
+  ``stamp_s``. Either way a robot that held still since the observation skips nothing: skipping by
+  elapsed time alone would throw away the only moving row of a chunk planned next to the goal, and
+  the arm would stop short forever. A chunk with no row left is refused.
 * After that, each ``command`` call emits the next row, one per call, never skipping or repeating
   rows, so timer jitter does not drop or double a position delta.
 * The chunk is dropped and the executor holds when it is exhausted (past row H-1) or stale: the next
@@ -34,7 +38,8 @@ import enum
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,6 +77,7 @@ class ChunkExecutor:
         max_chunk_age_s: float,
         hold_policy: HoldPolicy | str,
         action_dim: int,
+        delta_dims: Optional[Sequence[int]] = (0, 1, 2),
     ) -> None:
         for name, value in (("control_period_s", control_period_s), ("max_chunk_age_s", max_chunk_age_s)):
             if not math.isfinite(value) or value <= 0:
@@ -89,6 +95,10 @@ class ChunkExecutor:
         self._last_command: Optional[np.ndarray] = None
         self._ever_accepted = False
         self._hold_reason = ""
+        self._delta_dims = list(delta_dims) if delta_dims is not None else []
+        if any(not 0 <= d < action_dim for d in self._delta_dims):
+            raise ValueError(f"delta_dims: expected indices in [0, {action_dim}), received {delta_dims!r}")
+        self._executed: Deque[Tuple[float, np.ndarray]] = deque()  # rows emitted in the last max_chunk_age_s
 
     @property
     def hold_policy(self) -> HoldPolicy:
@@ -126,12 +136,13 @@ class ChunkExecutor:
             return ChunkDecision(False, f"stale: observation is {age_s:.3f} s old, max {self._max_age_s:g} s")
         if age_s < -self._period_s:
             return ChunkDecision(False, f"stamp: {-age_s:.3f} s in the future")
-        start_row = int(math.floor(max(age_s, 0.0) / self._period_s + _ROUNDING_TOLERANCE))
-        if start_row >= chunk.shape[0]:
-            return ChunkDecision(False, f"stale: all {chunk.shape[0]} rows were planned before now")
         with self._lock:
             if self._ever_accepted and stamp_s < self._stamp_s:
                 return ChunkDecision(False, "out of order: older observation than the last accepted chunk")
+            start_row = self._start_row(chunk, stamp_s)
+            if start_row >= chunk.shape[0]:
+                return ChunkDecision(False, f"stale: the robot already executed {start_row} rows since the "
+                                            f"observation, the chunk has {chunk.shape[0]}")
             self._chunk = chunk
             self._stamp_s = stamp_s
             self._next_row = start_row
@@ -153,6 +164,9 @@ class ChunkExecutor:
                     else:
                         self._last_command = chunk[self._next_row]
                         self._next_row += 1
+                        self._executed.append((now_s, self._last_command))
+                        while self._executed and self._executed[0][0] < now_s - self._max_age_s:
+                            self._executed.popleft()
                         return self._last_command.copy(), ExecutorState.EXECUTING
             state = ExecutorState.HOLDING if self._ever_accepted else ExecutorState.IDLE
             return self._hold_command(), state
@@ -165,6 +179,19 @@ class ChunkExecutor:
             self._last_command = None
             self._ever_accepted = False
             self._hold_reason = ""
+            self._executed.clear()
+
+    def _start_row(self, chunk: np.ndarray, stamp_s: float) -> int:
+        """Where the robot already is on a chunk planned from the state at ``stamp_s`` (lock held)."""
+        since = [row for t, row in self._executed if t >= stamp_s - _ROUNDING_TOLERANCE]
+        if not self._delta_dims:
+            return len(since)
+        if not since:
+            return 0
+        done = np.sum([row[self._delta_dims] for row in since], axis=0)
+        planned = np.concatenate([np.zeros((1, len(self._delta_dims))),
+                                  np.cumsum(chunk[:, self._delta_dims], axis=0)])  # [H + 1]: before each row
+        return int(np.argmin(np.linalg.norm(planned - done, axis=1)))
 
     def _drop_chunk(self, reason: str) -> None:
         self._chunk = None

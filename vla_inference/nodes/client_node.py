@@ -64,7 +64,11 @@ class VlaClientNode(Node):
                                   read_only=True)
         self._steps = declare(self, "denoising_steps", 0, "Steps asked per request; 0 = the server's parameter.",
                               int_range=(0, contract.MAX_DENOISING_STEPS))
-        self._executor = ChunkExecutor(1.0 / control_rate, max_age, HoldPolicy(hold), action_dim)
+        delta_dims = declare(self, "delta_dims", [0, 1, 2], "Action columns that are position deltas: a new chunk "
+                             "starts where the executed deltas put the robot on its plan; [] = count executed rows.",
+                             read_only=True)
+        self._executor = ChunkExecutor(1.0 / control_rate, max_age, HoldPolicy(hold), action_dim,
+                                       delta_dims=list(delta_dims))
         self._images: Dict[str, Tuple[float, Image]] = {}
         self._lidar: Optional[Tuple[float, Image]] = None
         self._state: Optional[Tuple[float, list]] = None
