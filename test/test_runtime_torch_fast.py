@@ -56,12 +56,12 @@ def _two_kv_heads() -> VlaConfig:
 
 
 @pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
-@pytest.mark.parametrize("attention", ["split", "joint"])
-def test_fast_path_reproduces_the_policy_in_fp32(cfg_fn, attention: str) -> None:
+@pytest.mark.parametrize("attention,prefix_attention", [("split", "manual"), ("joint", "sdpa"), ("split", "sdpa")])
+def test_fast_path_reproduces_the_policy_in_fp32(cfg_fn, attention: str, prefix_attention: str) -> None:
     cfg = cfg_fn()
     reference = _policy(cfg)
     policy = copy.deepcopy(reference)
-    fast = FastPolicy(policy, compile=False, attention=attention)
+    fast = FastPolicy(policy, compile=False, attention=attention, prefix_attention=prefix_attention)
     feeds = _feeds(cfg)
     args = [feeds[spec.name] for spec in engine_specs(cfg)[VISION].inputs]
     samples, steps = 3, 4

@@ -255,6 +255,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = pipeline.cfg
         print(f"[vla-bench] {cfg.preset} loaded and warmed up in {time.perf_counter() - load_start:.1f} s; "
               f"{args.cameras} cameras{' + LiDAR' if args.lidar else ''}, K={args.num_samples}", flush=True)
+        if backend.device == "cuda":
+            info = backend.describe()
+            print("[vla-bench] " + ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("backend", "device")),
+                  flush=True)
         observations = bench_observations(cfg, 8, args.cameras, args.lidar, seed=args.seed)
         results = []
         try:

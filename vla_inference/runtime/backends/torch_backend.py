@@ -122,11 +122,29 @@ def _split_qkv(qkv: "torch.Tensor", heads: int, kv_heads: int, head_dim: int) ->
     return q, k, v
 
 
-def _prefix_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", bias: "torch.Tensor") -> "torch.Tensor":
+def _prefix_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", bias: "torch.Tensor",
+                      manual: bool = False, mask_bias: float = -30000.0) -> "torch.Tensor":
     """Grouped-query attention inside the prefix: q [B, P, H, D], k/v [B, P, G, D], bias [B, 1, 1, P]
-    -> [B, P, H * D]. The H / G query heads of a group are folded into the query axis."""
+    -> [B, P, H * D]. The H / G query heads of a group are folded into the query axis.
+
+    ``manual``: two GEMMs and a float32 softmax over keys zero-padded to a multiple of 16 (masked),
+    instead of SDPA with a bias (which on an H100 runs one key/value head with ~55 query tiles)."""
     batch, length, heads, head_dim = q.shape
     groups = k.shape[2]
+    if manual:
+        per_group = heads // groups
+        folded = q.reshape(batch, length, groups, per_group, head_dim).permute(0, 2, 1, 3, 4)
+        folded = folded.reshape(batch, groups, length * per_group, head_dim)
+        keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        padded = length + (-length) % 16
+        if padded != length:
+            keys = F.pad(keys, (0, 0, 0, padded - length))
+            values = F.pad(values, (0, 0, 0, padded - length))
+            bias = F.pad(bias, (0, padded - length), value=mask_bias)
+        scores = torch.matmul(folded, keys.transpose(2, 3)).float() * head_dim ** -0.5 + bias.float()
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
+        out = out.reshape(batch, groups, length, per_group, head_dim).permute(0, 2, 1, 3, 4)
+        return out.reshape(batch, length, heads * head_dim)
     if groups == 1:
         out = F.scaled_dot_product_attention(q.reshape(batch, 1, length * heads, head_dim),
                                              k.reshape(batch, 1, length, head_dim),
@@ -142,12 +160,13 @@ def _prefix_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", b
 
 def _backbone_layer(x: "torch.Tensor", w_in: "torch.Tensor", wqkv: "torch.Tensor", wo: "torch.Tensor",
                     w_post: "torch.Tensor", wgu: "torch.Tensor", wd: "torch.Tensor", cos: "torch.Tensor",
-                    sin: "torch.Tensor", bias: "torch.Tensor", eps: float, heads: int, kv_heads: int) -> Any:
+                    sin: "torch.Tensor", bias: "torch.Tensor", eps: float, heads: int, kv_heads: int,
+                    manual_attention: bool = False, mask_bias: float = -30000.0) -> Any:
     """One Gemma prefix layer: returns (x after the layer, rotated k, v [B, P, G, D])."""
     h = _weighted_norm(x, w_in, eps)
     q, k, v = _split_qkv(F.linear(h, wqkv), heads, kv_heads, cos.shape[-1])
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    x = x + F.linear(_prefix_attention(q, k, v, bias), wo)
+    x = x + F.linear(_prefix_attention(q, k, v, bias, manual_attention, mask_bias), wo)
     gate, up = F.linear(_weighted_norm(x, w_post, eps), wgu).chunk(2, dim=-1)
     return x + F.linear(F.gelu(gate, approximate="tanh") * up, wd), k, v
 
@@ -276,7 +295,9 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One process-wide ``torch.compile`` wrapper per function, so every backend in the process
     replays the same generated kernels (graph == eager and pipelined == sequential stay bitwise)."""
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+        # No split (two-pass) reductions: the rows here (softmax over ~900 keys for 1600 queries, norms
+        # over the width) are enough to fill the GPU, and split reductions cost extra kernels.
+        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True, options={"split_reductions": False})
     return _COMPILED[fn]
 
 
@@ -312,11 +333,15 @@ class FastPolicy:
     expert's flow velocity from a modulation-table row and a shared prefix.
     """
 
-    def __init__(self, policy: Any, compile: bool = False, attention: str = "split") -> None:
+    def __init__(self, policy: Any, compile: bool = False, attention: str = "split",
+                 prefix_attention: str = "manual") -> None:
         from vla_inference.model import policy as policy_module
 
         if attention not in ("split", "joint"):
             raise ValueError(f"attention: expected 'split' or 'joint', received {attention!r}")
+        if prefix_attention not in ("manual", "sdpa"):
+            raise ValueError(f"prefix_attention: expected 'manual' or 'sdpa', received {prefix_attention!r}")
+        self.prefix_attention = prefix_attention
         self._pm = policy_module
         self.policy = policy
         cfg = policy.cfg
@@ -367,7 +392,8 @@ class FastPolicy:
         layer_kv = []
         for w_in, wqkv, wo, w_post, wgu, wd in self.backbone_weights[:-1]:
             x, k, v = self._backbone_layer(x, w_in, wqkv, wo, w_post, wgu, wd, cos, sin, bias, self.backbone_eps,
-                                           self.heads, self.kv_heads)
+                                           self.heads, self.kv_heads, self.prefix_attention == "manual",
+                                           self._pm.MASK_BIAS)
             layer_kv.append(torch.stack([k.transpose(1, 2), v.transpose(1, 2)], dim=1))
         w_in, wqkv = self.backbone_weights[-1][0], self.backbone_weights[-1][1]
         k, v = self._backbone_kv(x, w_in, wqkv[self.heads * self.head_dim:], cos, sin, self.backbone_eps, self.kv_heads)
@@ -469,6 +495,7 @@ class TorchBackend(Backend):
         compile: Optional[bool] = None,
         attention: Optional[str] = None,
         sync_prefix: Optional[bool] = None,
+        prefix_attention: Optional[str] = None,
     ) -> None:
         """CUDA options (ignored on the CPU, which always runs the policy as written): ``fast_path``
         (default on, env ``VLA_TORCH_FAST``) serves through ``FastPolicy``; ``compile`` (default
@@ -477,7 +504,8 @@ class TorchBackend(Backend):
         concatenated keys, for A/B); ``sync_prefix`` (default on, env ``VLA_TORCH_SYNC_PREFIX``): stage 1
         waits for its GPU work, so the vision stage time is the GPU time; off, it returns once the
         work is queued (stage 2 waits on the slot's event) and the next request's preprocessing
-        overlaps the vision pass."""
+        overlaps the vision pass; ``prefix_attention`` 'manual' (default, env
+        ``VLA_TORCH_PREFIX_ATTENTION``) or 'sdpa' for the prefix backbone's attention."""
         if torch is None:
             raise BackendUnavailableError(self.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         if device not in DEVICES:
@@ -503,6 +531,9 @@ class TorchBackend(Backend):
         if self.attention not in ("split", "joint"):
             raise ValueError(f"attention: expected 'split' or 'joint', received {self.attention!r}")
         self.sync_prefix = _env_flag("VLA_TORCH_SYNC_PREFIX", True) if sync_prefix is None else bool(sync_prefix)
+        self.prefix_attention = prefix_attention or os.environ.get("VLA_TORCH_PREFIX_ATTENTION") or "manual"
+        if self.prefix_attention not in ("manual", "sdpa"):
+            raise ValueError(f"prefix_attention: expected 'manual' or 'sdpa', received {self.prefix_attention!r}")
         self._fast: Optional[FastPolicy] = None
         self._fast_note = ""
         self._slots: List[_DeviceSlot] = []
@@ -609,6 +640,7 @@ class TorchBackend(Backend):
             info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
                         fast_path=self._fast is not None, compile=self._fast is not None and self._fast.compile,
                         attention=self.attention if self._fast is not None else "policy",
+                        prefix_attention=self.prefix_attention if self._fast is not None else "policy",
                         sync_prefix=self.sync_prefix, fast_path_note=self._fast_note)
         return info
 
@@ -637,7 +669,7 @@ class TorchBackend(Backend):
     def _build_fast(self, compile: bool) -> Optional[FastPolicy]:
         """The fast path, checked once against the policy as written (fp32 reference inputs are not
         needed: both run in the serving dtype on the same weights; they differ only by rounding)."""
-        fast = FastPolicy(self.policy, compile=False, attention=self.attention)
+        fast = FastPolicy(self.policy, compile=False, attention=self.attention, prefix_attention=self.prefix_attention)
         cosines = self._self_check(fast)
         if min(cosines) < SELF_CHECK_MIN_COSINE:
             LOG.error("fast path disagrees with the policy (cosine %s); serving the policy as written", cosines)
@@ -645,7 +677,8 @@ class TorchBackend(Backend):
             return None
         self._fast_note = f"self-check cosines prefix {cosines[0]:.6f}, velocity {cosines[1]:.6f}"
         if compile:
-            fast = FastPolicy(self.policy, compile=True, attention=self.attention)
+            fast = FastPolicy(self.policy, compile=True, attention=self.attention,
+                              prefix_attention=self.prefix_attention)
         fast.install()
         return fast
 
