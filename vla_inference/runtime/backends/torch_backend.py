@@ -2,13 +2,17 @@
 
 * CPU, fp32: the reference for parity with ONNX Runtime (same Euler loop, ``Backend.denoise``).
 * CUDA, bf16 (or fp16/fp32): static device buffers and CUDA graphs. Stage 1 replays one graph for
-  the whole prefix pass on a normal-priority stream and repeats the prefix K times into one of two
-  slot buffers; stage 2 replays, ``steps`` times, a graph of one denoising step (expert forward +
-  Euler update, flow time read from a device schedule through a device step counter) on the
-  highest-priority stream. Each slot has its own step graph, so the expert reads its prefix in
-  place, and the loop never synchronises with the host: the only wait is the final copy of the
-  chunk back to pinned memory. Attention goes through ``scaled_dot_product_attention`` with the
-  flash / memory-efficient kernels enabled.
+  the whole prefix pass on a normal-priority stream and copies the prefix keys/values once into one
+  of two slot buffers (shared by the K samples, never repeated K times); stage 2 replays, ``steps``
+  times, a graph of one denoising step (expert forward + Euler update, flow time and time
+  conditioning read from device tables through a device step counter) on the highest-priority
+  stream. Each slot has its own step graph, so the expert reads its prefix in place, and the loop
+  never synchronises with the host: the only wait is the final copy of the chunk back to pinned
+  memory. By default both graphs run ``FastPolicy`` (below): the policy's own parameters in a GPU
+  arrangement (fused GEMMs, time-conditioning table, shared-prefix attention over aligned padded
+  keys, patch convolutions as GEMMs) with ``torch.compile`` fusing the elementwise work; it is
+  checked against the policy as written when it is prepared and falls back to it (or to eager on a
+  compile error). docs/benchmarks.md has the measurements.
 
 The policy comes from the manifest's ``weights`` file (SHA-256 checked), or, for timing runs of
 the full-size preset without a trained checkpoint, from ``TorchBackend.with_random_weights``.
@@ -384,7 +388,8 @@ class FastPolicy:
 
     # -- stage 1 --------------------------------------------------------------------------------
     def backbone(self, x: "torch.Tensor", prefix_mask: "torch.Tensor") -> Any:
-        """Drop-in for ``VisionEngine._backbone``: (prefix_kv [B, L, 2, G, P, D], hidden)."""
+        """Drop-in for ``VisionEngine._backbone``: (prefix_kv [B, L, 2, G, P, D], x). Serving uses only
+        prefix_kv (``VisionEngine.forward`` drops the second value, a training intermediate)."""
         cos, sin = self.prefix_rope
         if x.shape[1] != cos.shape[0]:
             raise ValueError(f"prefix length {x.shape[1]} != {cos.shape[0]}")
