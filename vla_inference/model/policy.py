@@ -299,10 +299,10 @@ class VisionEngine(nn.Module):
 
     def encode(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
                lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, object]]:
         """``forward`` plus intermediates for auxiliary training losses: ``vit_tokens`` [B, cameras,
-        tokens, vision width] and ``hidden``, the residual stream entering the last backbone layer
-        [B, prefix_len, width]."""
+        tokens, vision width] and ``layer_inputs``, the residual stream entering each backbone layer
+        (a list of [B, prefix_len, width])."""
         cfg = self.cfg
         size, cameras = cfg.vision.image_size, cfg.max_cameras
         _check_shape("images", images, (None, cameras, 3, size, size))
@@ -335,12 +335,13 @@ class VisionEngine(nn.Module):
             ],
             dim=1,
         )
-        prefix_kv, hidden = self._backbone(x, prefix_mask)
+        prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
         return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
-                                        "hidden": hidden}
+                                        "layer_inputs": layer_inputs}
 
-    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Full attention within the prefix; returns stacked keys/values of every layer.
+    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Full attention within the prefix; returns the stacked keys/values of every layer and the
+        residual stream entering each layer.
 
         The last layer's attention output and MLP only feed text decoding, which this policy does
         not do, so they are skipped (their weights stay in the module so Gemma checkpoints load).
@@ -348,7 +349,9 @@ class VisionEngine(nn.Module):
         cos, sin = rope_tables(torch.arange(x.shape[1], device=x.device), self.cfg.backbone.head_dim, x.dtype)
         bias = key_bias(prefix_mask, x.dtype)
         layer_kv: List[torch.Tensor] = []
+        layer_inputs: List[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
+            layer_inputs.append(x)
             h = layer.input_norm(x)
             k, v = layer.attn.keys_values(h, cos, sin)
             layer_kv.append(torch.stack([k, v], dim=1))
@@ -356,7 +359,7 @@ class VisionEngine(nn.Module):
                 q = layer.attn.query(h, cos, sin)
                 x = x + layer.attn.output(grouped_attention(q, k, v, bias))
                 x = x + layer.mlp(layer.mlp_norm(x))
-        return torch.stack(layer_kv, dim=1), x
+        return torch.stack(layer_kv, dim=1), layer_inputs
 
 
 def time_embedding(time: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:

@@ -51,6 +51,8 @@ EVAL_FILE = "eval.json"
 CARD_FILE = "MODEL_CARD.md"
 TRAINING_FILE = "training.json"
 PROBE_OFFSET_SCALE_M = 0.3
+WORKSPACE_CENTRE_XY = np.array([0.525, 0.0], dtype=np.float32)
+WORKSPACE_SCALE_M = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class TrainSettings:
     camera_count_probs: tuple = (0.2, 0.2, 0.6)
     lidar_prob: float = 0.8
     threads: int = 2
+    device: str = "cpu"
 
 
 def _log(message: str) -> None:
@@ -141,19 +144,26 @@ class ProgressBar:
 
 
 class AuxiliaryHeads(torch.nn.Module):
-    """Training-only heads that hand the prefix direct gradients for what the expert needs; never
-    exported. Per ViT token: which cube colour (or none) has its centre in the patch and where
-    inside the patch; per backbone image token (entering the last layer): is that the named cube;
-    on the state token: the offset from the end effector to the named cube and whether a pole
-    stands next to that path; per LiDAR token: whether its sector holds a pole, and one next to
-    the path."""
+    """Training-only heads that hand each hop of the prefix a direct gradient for what the expert
+    needs; never exported. Entering backbone layer 1: which colour word each text token belongs to.
+    Per ViT token: which cube colour (or none) has its centre in the patch, and where in the patch.
+    Entering layer 2: per image token holding a cube, the cube's table position. Entering the last layer: per image token, is it the named cube; per LiDAR token, does its sector
+    hold a pole / one next to the path; on the state token, the named colour, the offset from the
+    end effector to the named cube and whether a pole stands next to that path."""
 
     def __init__(self, vision_width: int, width: int) -> None:
         super().__init__()
-        self.patch = torch.nn.Linear(vision_width, len(COLOR_NAMES) + 1 + 2)
-        self.target = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 1))
-        self.probe = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4))
-        self.sector = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 2))
+        classes = len(COLOR_NAMES) + 1
+
+        def head(outputs: int) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, outputs))
+
+        self.patch = torch.nn.Linear(vision_width, classes + 2)
+        self.text = head(classes)
+        self.target = head(1)
+        self.world = head(2)
+        self.sector = head(2)
+        self.state = head(len(COLOR_NAMES) + 4)
 
 
 def patch_labels(data: TrainingSet, indices: np.ndarray, cameras: np.ndarray, cfg: VlaConfig) -> Dict[str, np.ndarray]:
@@ -174,12 +184,15 @@ def patch_labels(data: TrainingSet, indices: np.ndarray, cameras: np.ndarray, cf
     offsets = np.zeros((batch, num_cams, grid * grid, 2), dtype=np.float32)
     occupied = np.zeros((batch, num_cams, grid * grid), dtype=np.float32)
     targets = np.zeros((batch, num_cams, grid * grid), dtype=np.float32)
+    world = np.zeros((batch, num_cams, grid * grid, 2), dtype=np.float32)
+    world[b, c, token[b, c, k]] = (data.block_xy[layouts][b, k] - WORKSPACE_CENTRE_XY) / WORKSPACE_SCALE_M
     labels[b, c, token[b, c, k]] = colors[b, c, k]
     offsets[b, c, token[b, c, k]] = pixels[b, c, k] / patch - cell[b, c, k] - 0.5
     occupied[b, c, token[b, c, k]] = 1.0
     targets[b, c, token[b, c, k]] = is_target[b, c, k]
     camera_on = (np.arange(num_cams)[None, :] < cameras[:, None]).astype(np.float32)
-    return {"labels": labels, "offsets": offsets, "occupied": occupied, "targets": targets, "camera_on": camera_on}
+    return {"labels": labels, "offsets": offsets, "occupied": occupied, "targets": targets, "world": world,
+            "camera_on": camera_on}
 
 
 def sector_labels(data: TrainingSet, indices: np.ndarray, cfg: VlaConfig) -> np.ndarray:
@@ -199,35 +212,52 @@ def sector_labels(data: TrainingSet, indices: np.ndarray, cfg: VlaConfig) -> np.
     return labels
 
 
-def auxiliary_loss(heads: AuxiliaryHeads, extras: Dict[str, torch.Tensor], data: TrainingSet, indices: np.ndarray,
+def _masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    weight = weight.expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def auxiliary_loss(heads: AuxiliaryHeads, extras: Dict[str, object], data: TrainingSet, indices: np.ndarray,
                    cameras: np.ndarray, lidar: np.ndarray, cfg: VlaConfig) -> Dict[str, torch.Tensor]:
-    labels = {k: torch.from_numpy(v) for k, v in patch_labels(data, indices, cameras, cfg).items()}
+    """The auxiliary terms of one batch (see ``AuxiliaryHeads``)."""
+    device = heads.patch.weight.device
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    labels = {k: tensor(v) for k, v in patch_labels(data, indices, cameras, cfg).items()}
     camera_on = labels["camera_on"][:, :, None]
+    lidar_on = tensor(lidar.astype(np.float32))
+    first, second, last = (extras["layer_inputs"][i] for i in (0, 1, -1))  # type: ignore[index]
+    images = cfg.max_cameras * cfg.tokens_per_camera
+    lidar_end = images + cfg.lidar_tokens
+    text_end = lidar_end + cfg.text_max_len
+
     patch_out = heads.patch(extras["vit_tokens"])
     colour = F.cross_entropy(patch_out[..., :-2].flatten(0, 2), labels["labels"].flatten(), reduction="none")
-    colour = (colour.view_as(labels["occupied"]) * camera_on).sum() / camera_on.expand_as(colour.view_as(
-        labels["occupied"])).sum()
-    weight = labels["occupied"] * camera_on
-    offset = (((patch_out[..., -2:] - labels["offsets"]) ** 2).sum(-1) * weight).sum() / weight.sum().clamp(min=1.0)
-    image_hidden = extras["hidden"][:, : cfg.max_cameras * cfg.tokens_per_camera]
-    target_logits = heads.target(image_hidden).view_as(labels["targets"])
-    target = (F.binary_cross_entropy_with_logits(target_logits, labels["targets"], reduction="none") * camera_on).sum()
-    target = target / camera_on.expand_as(labels["targets"]).sum()
-    probe = heads.probe(extras["hidden"][:, -1])
-    offset_target = torch.from_numpy(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
-    slow_target = torch.from_numpy(data.slow[indices].astype(np.float32))
-    lidar_on = torch.from_numpy(lidar.astype(np.float32))
-    lidar_start = cfg.max_cameras * cfg.tokens_per_camera
-    sector_logits = heads.sector(extras["hidden"][:, lidar_start: lidar_start + cfg.lidar_tokens])
-    sector = F.binary_cross_entropy_with_logits(sector_logits, torch.from_numpy(sector_labels(data, indices, cfg)),
-                                                reduction="none").mean((1, 2))
+    offset_error = ((patch_out[..., -2:] - labels["offsets"]) ** 2).sum(-1)
+    named = F.binary_cross_entropy_with_logits(heads.target(last[:, :images]).squeeze(-1),
+                                               labels["targets"].flatten(1), reduction="none")
+    world_error = ((heads.world(second[:, :images]) - labels["world"].flatten(1, 2)) ** 2).sum(-1)
+    text_colour = F.cross_entropy(heads.text(first[:, lidar_end:text_end]).flatten(0, 1),
+                                  tensor(data.text_colour[indices]).flatten(), reduction="none")
+    sector = F.binary_cross_entropy_with_logits(heads.sector(last[:, images:lidar_end]),
+                                                tensor(sector_labels(data, indices, cfg)), reduction="none")
+    state = heads.state(last[:, -1])
+    named_colour = tensor(data.block_colors[data.layout_index[indices], data.target_slot[indices]])
+    offset_target = tensor(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
+    slow_target = tensor(data.slow[indices].astype(np.float32))
     return {
-        "lidar_sector": 10.0 * (sector * lidar_on).mean(),
-        "patch_colour": colour,
-        "patch_offset": offset,
-        "named_cube": target,
-        "state_offset": ((probe[:, :3] - offset_target) ** 2).mean(),
-        "state_pole": (F.binary_cross_entropy_with_logits(probe[:, 3], slow_target, reduction="none") * lidar_on).mean(),
+        "patch_colour": _masked_mean(colour.view_as(labels["occupied"]), camera_on),
+        "patch_offset": _masked_mean(offset_error, labels["occupied"] * camera_on),
+        "text_colour": text_colour.mean(),
+        "patch_world": _masked_mean(world_error.view_as(labels["occupied"]), labels["occupied"] * camera_on),
+        "named_cube": _masked_mean(named.view_as(labels["targets"]), camera_on),
+        "lidar_sector": 10.0 * _masked_mean(sector.mean((1, 2)), lidar_on),
+        "state_colour": F.cross_entropy(state[:, : len(COLOR_NAMES)], named_colour),
+        "state_offset": ((state[:, -4:-1] - offset_target) ** 2).mean(),
+        "state_pole": _masked_mean(F.binary_cross_entropy_with_logits(state[:, -1], slow_target, reduction="none"),
+                                   lidar_on),
     }
 
 
@@ -243,7 +273,9 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
     and auxiliary loss terms."""
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    heads = AuxiliaryHeads(policy.cfg.vision.width, policy.cfg.backbone.width)
+    device = torch.device(settings.device)
+    policy.to(device)
+    heads = AuxiliaryHeads(policy.cfg.vision.width, policy.cfg.backbone.width).to(device)
     decay, no_decay = [], []
     for name, param in list(policy.named_parameters()) + list(heads.named_parameters(prefix="aux")):
         (no_decay if param.ndim < 2 or "norm" in name or "position" in name or "embedding" in name else decay).append(param)
@@ -268,16 +300,16 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
         cursor += settings.batch
         cameras = rng.choice([1, 2, 3], size=settings.batch, p=settings.camera_count_probs)
         lidar = rng.random(settings.batch) < settings.lidar_prob
-        feeds = {k: torch.from_numpy(v) for k, v in data.vision_feeds(indices, cameras, lidar).items()}
-        actions = torch.from_numpy(data.actions[indices]).repeat_interleave(draws, 0)
+        feeds = {k: torch.from_numpy(v).to(device) for k, v in data.vision_feeds(indices, cameras, lidar).items()}
+        actions = torch.from_numpy(data.actions[indices]).repeat_interleave(draws, 0).to(device)
 
         prefix_kv, prefix_mask, extras = policy.vision_engine.encode(
             *(feeds[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
         aux_terms = auxiliary_loss(heads, extras, data, indices, cameras, lidar, policy.cfg)
         aux_loss = sum(aux_terms.values())
         prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
-        t = torch.rand(actions.shape[0], generator=generator)
-        noise = torch.randn(actions.shape, generator=generator)
+        t = torch.rand(actions.shape[0], generator=generator).to(device)
+        noise = torch.randn(actions.shape, generator=generator).to(device)
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         clean = policy.action_expert.denoise(x_t, t, prefix_kv, prefix_mask)
         flow_loss = (((clean - actions) / scale) ** 2).mean()
@@ -295,7 +327,7 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
 
         value = float(flow_loss.detach())
         losses.append(value)
-        aux_losses.append({name: float(value.detach()) for name, value in aux_terms.items()})
+        aux_losses.append({name: float(term.detach()) for name, term in aux_terms.items()})
         smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
         if step % 5 == 0 or step + 1 == settings.steps:
             bar.update(step + 1, value, smoothed, sum(aux_losses[-1].values()))
@@ -303,7 +335,7 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
     with torch.no_grad():
         for param, average in zip(params, ema):
             param.copy_(average)
-    policy.eval()
+    policy.to("cpu").eval()
     return losses, aux_losses
 
 

@@ -14,7 +14,7 @@ from typing import Dict, Iterator
 
 import numpy as np
 
-from vla_inference.model.tokenizer import tokenize
+from vla_inference.model.tokenizer import normalize_text, tokenize
 from vla_inference.runtime.observation import Observation
 from vla_inference.synthetic.lidar import RING_ELEVATIONS_DEG, lidar_range_image
 from vla_inference.synthetic.render import CAMERAS, NUM_CAMERAS, project_points, render_camera
@@ -79,7 +79,9 @@ class TrainingSet:
     target_slot: np.ndarray  # int64 [N]: which of its layout's blocks is named
     block_pixels: np.ndarray  # float32 [L, cameras, MAX_BLOCKS, 2]: cube centres in each render (u, v), NaN pad
     block_colors: np.ndarray  # int64 [L, MAX_BLOCKS]: palette index of each cube, -1 pad
+    block_xy: np.ndarray  # float32 [L, MAX_BLOCKS, 2]: cube centres on the table (world x, y), NaN pad
     poles: np.ndarray  # float32 [N, MAX_POLES, 4]: x, y, radius, 1 if next to the path else 0; NaN pad
+    text_colour: np.ndarray  # int64 [N, text_max_len]: palette index for the colour word's tokens, else len(palette)
 
     def __len__(self) -> int:
         return int(self.layout_index.shape[0])
@@ -127,7 +129,9 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
     target_slot = np.zeros(count, dtype=np.int64)
     block_pixels = np.full((num_layouts, NUM_CAMERAS, MAX_BLOCKS, 2), np.nan, dtype=np.float32)
     block_colors = np.full((num_layouts, MAX_BLOCKS), -1, dtype=np.int64)
+    block_xy = np.full((num_layouts, MAX_BLOCKS, 2), np.nan, dtype=np.float32)
     poles = np.full((count, MAX_POLES, 4), np.nan, dtype=np.float32)
+    text_colour = np.full((count, text_max_len), len(COLOR_NAMES), dtype=np.int64)
     for layout_i in range(num_layouts):
         seed = first_seed + layout_i
         rng = np.random.default_rng(seed)
@@ -138,6 +142,7 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
             if task == 0:
                 centres = np.array([[b.x, b.y, BLOCK_EDGE_M / 2.0] for b in layout.blocks])
                 block_colors[layout_i, : len(centres)] = [COLOR_NAMES.index(b.color) for b in layout.blocks]
+                block_xy[layout_i, : len(centres)] = centres[:, :2]
                 for cam in range(NUM_CAMERAS):
                     images[layout_i, cam] = render_camera(scene, cam, image_size, image_size).transpose(2, 0, 1)
                     block_pixels[layout_i, cam, : len(centres)] = project_points(CAMERAS[cam], centres, image_size,
@@ -145,6 +150,8 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
             range_image = lidar_range_image(scene)
             lidar_rings[n] = range_image[RING_ROWS]
             tokens[n], text_mask[n] = tokenize(scene.text, text_max_len)
+            word_start = 1 + normalize_text(scene.text).find(scene.target.color)
+            text_colour[n, word_start: word_start + len(scene.target.color)] = COLOR_NAMES.index(scene.target.color)
             state[n] = scene.state
             actions[n] = expert_actions(scene)
             slow[n] = step_length(scene) == SLOW_STEP_M
@@ -157,5 +164,5 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
         if (layout_i + 1) % 500 == 0:
             logger.info("generated %d / %d layouts", layout_i + 1, num_layouts)
     return TrainingSet(images, layout_index, lidar_rings, tokens, text_mask, state, actions, slow, target_offset,
-                       target_slot, block_pixels, block_colors, poles)
+                       target_slot, block_pixels, block_colors, block_xy, poles, text_colour)
 
