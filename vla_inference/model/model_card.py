@@ -85,8 +85,11 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         f" blocks, {v.num_heads} heads, GELU-tanh MLP {v.mlp_dim}; projected to the backbone width, plus a"
         " learned per-camera embedding.",
         f"- LiDAR: {lidar.rows}x{lidar.cols} range image -> channels (range / {lidar.max_range_m:g} m, validity,"
-        f" log-compressed range) -> {lidar.patch_rows}x{lidar.patch_cols} patches ({cfg.lidar_tokens} tokens).",
-        f"- Text: byte tokenizer, {cfg.text_max_len} tokens with mask; state: one token from {cfg.state_dim} floats.",
+        " horizontal x and y of each return in the sensor frame in 2 m units, clipped) ->"
+        f" {lidar.patch_rows}x{lidar.patch_cols} patches ({cfg.lidar_tokens} column-strip tokens), learned positions.",
+        f"- Text: byte tokenizer, {cfg.text_max_len} tokens with mask; a depthwise convolution over 7 neighbouring"
+        " bytes gives each token word-level (n-gram) features. State: one token from"
+        f" {cfg.state_dim} floats.",
         f"- Prefix backbone: Gemma-style, {b.depth} layers, width {b.width}, {b.num_heads} query heads,"
         f" {b.num_kv_heads} KV head(s), head dim {b.head_dim}, GeGLU {b.mlp_dim}, RMSNorm, RoPE, full attention"
         f" over the {cfg.prefix_len}-token prefix (masked). Output: every layer's rotated keys/values.",
@@ -128,9 +131,12 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         f"{settings['steps']} AdamW steps, batch {settings['batch']} observations x {settings['noise_draws']} noise"
         f" draws, peak lr {settings['lr']}, cosine schedule, EMA {settings['ema_decay']}, t ~ U(0, 1); camera"
         f" count drawn from 1/2/3 with probabilities {tuple(settings['camera_count_probs'])}, LiDAR present with"
-        f" probability {settings['lidar_prob']}. Training-only auxiliary heads (not exported) supervise cube"
-        " colour/position per ViT patch, the named cube per image token, and the end-effector-to-target offset"
-        " and pole flag on the state token. Seed"
+        f" probability {settings['lidar_prob']}. Training-only auxiliary heads (not exported) give each hop of"
+        " the prefix its own signal: the colour word per text token (layer-1 input), cube colour and in-patch"
+        " position per ViT patch, the cube's table position per image token (layer-2 input), and on the last"
+        " layer's input the named cube per image token, pole / pole-near-path per LiDAR sector, and the named"
+        " colour, end-effector-to-target offset and pole flag on the state token. Without them the tiny"
+        " backbone did not learn to bind the colour word to the image within the CPU budget. Seed"
         f" {settings['seed']}, {settings['threads']} CPU threads, torch {training['torch']}.",
         "",
         f"Wall time: {_minutes(training['total_seconds'])} in total (data {_minutes(training['data_seconds'])},"
