@@ -82,9 +82,10 @@ def test_scrambles_keep_the_observation_valid() -> None:
         sorted(map(bytes, image.reshape(14, 16, 14, 16, 3).transpose(0, 2, 1, 3, 4).reshape(196, -1)))
     lidar = rng.uniform(0, 10, (cfg.lidar.rows, cfg.lidar.cols)).astype(np.float32)
     obs = Observation([image, image], "reach the red block", np.zeros(cfg.state_dim, np.float32), lidar)
-    for mode in ("patches", "text", "all"):
+    for mode in ("patches", "text", "all", "lidar_dropped"):
         scrambled = scramble(obs, mode, cfg.vision.patch_size, rng)
         scrambled.validate(cfg)
+    assert scramble(obs, "lidar_dropped", 16, rng).lidar_range is None
     assert scramble(obs, "text", 16, rng).text != obs.text
     assert random_text(20, rng).strip()
     with pytest.raises(ValueError, match="mode"):
