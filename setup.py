@@ -27,6 +27,10 @@ setup(
             "camera_adapter_node = vla_inference.nodes.camera_adapter_node:main",
             "lidar_adapter_node = vla_inference.nodes.lidar_adapter_node:main",
             "vla_client_node = vla_inference.nodes.client_node:main",
+            "vla-bench = vla_inference.runtime.bench:main",
+            "vla-eval = vla_inference.model.evaluate:main",
+            "vla-train = vla_inference.model.train:main",
+            "vla-export = vla_inference.model.export:main",
         ],
     },
 )
