@@ -128,7 +128,7 @@ class ProcessSet:
         process = self._processes[name]
         _signal_group(process.popen, sig)
 
-    def stop(self, names: Optional[Sequence[str]] = None, timeouts_s: Sequence[float] = (5.0, 3.0, 3.0)
+    def stop(self, names: Optional[Sequence[str]] = None, timeouts_s: Sequence[float] = (10.0, 3.0, 3.0)
              ) -> Dict[str, Optional[int]]:
         """SIGINT, then SIGTERM, then SIGKILL to what is still running after each timeout.
 
