@@ -140,7 +140,8 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         f" {settings['seed']}, {settings['threads']} CPU threads, torch {training['torch']}.",
         "",
         f"Wall time: {_minutes(training['total_seconds'])} in total (data {_minutes(training['data_seconds'])},"
-        f" training {_minutes(training['train_seconds'])}, then export, quantisation and evaluation). Final"
+        f" training {_minutes(training['train_seconds'])}, export/quantisation/evaluation"
+        f" {_minutes(training['packaging_seconds'])}) on 2 CPU cores shared with other jobs. Final"
         f" training loss {float(training['final_loss_mean_last_100']):.4f} (mean of the last 100 steps).",
         "",
         "![loss curve](loss_curve.png)",

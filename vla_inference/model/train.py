@@ -39,7 +39,7 @@ from vla_inference.model.evaluate import (
     format_report,
 )
 from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_int8
-from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, save_policy
+from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, load_policy, save_policy
 from vla_inference.runtime.manifest import write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
 from vla_inference.synthetic.scene import COLOR_NAMES
@@ -388,6 +388,82 @@ def _directory_bytes(out_dir: Path, names: Sequence[str]) -> int:
     return sum((out_dir / n).stat().st_size for n in names)
 
 
+def ship_model_dir(policy: VlaPolicy, out: Path, training: Dict[str, object], eval_scenes: int) -> Dict[str, object]:
+    """Weights, fp32 + INT8 engines, parity, evaluation, manifest and model card for a trained
+    policy; INT8 stays only if its success is within ``INT8_MAX_SUCCESS_DROP`` of fp32.
+    ``training`` (settings, timings, losses) is completed and written as training.json."""
+    started = time.perf_counter()
+    cfg = policy.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.onnx"):
+        stale.unlink()
+    save_policy(policy, out / WEIGHTS_FILE)
+    _log("exporting ONNX engines")
+    fp32 = export_engines(policy, out)
+    int8 = quantize_int8(out, fp32)
+    parity_errors = parity(policy, out, fp32)
+    _log(f"parity (max abs error): {parity_errors}")
+    write_manifest(out, cfg, {"fp32": fp32, "int8": int8}, weights_file=WEIGHTS_FILE)
+
+    report = evaluate_model_dir(out, eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
+    results = report["results"]
+    drop = results["onnxruntime/fp32"]["success"] - results["onnxruntime/int8"]["success"]  # type: ignore[index]
+    ship_int8 = drop <= INT8_MAX_SUCCESS_DROP
+    engines = {"fp32": fp32}
+    if ship_int8:
+        engines["int8"] = int8
+    else:
+        _log(f"INT8 success is {100 * drop:.1f} points below fp32: not shipping it")
+        for filename in int8.values():
+            (out / filename).unlink()
+    dispersion_p95 = report.get("dispersion", {}).get("all_sensors_p95")  # type: ignore[union-attr]
+    extra = {"confidence_scale": max(float(dispersion_p95), 1e-4)} if dispersion_p95 else None
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=extra)
+
+    training.update({
+        "parameters": count_parameters(policy),
+        "packaging_seconds": time.perf_counter() - started,
+        "parity_max_abs_error": parity_errors,
+        "int8_shipped": ship_int8,
+        "int8_success_drop_points": 100 * drop,
+        "torch": torch.__version__,
+    })
+    training["total_seconds"] = sum(float(training[k]) for k in ("data_seconds", "train_seconds", "packaging_seconds"))
+    (out / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+    (out / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    from vla_inference.model.model_card import write_model_card
+
+    write_model_card(out / CARD_FILE, cfg, training, report)
+    return report
+
+
+def print_summary(out: Path, training: Dict[str, object], report: Dict[str, object]) -> int:
+    """The evaluation tables and a summary table; returns 1 if the directory is over the size limit."""
+    shipped = sorted(p.name for p in out.iterdir() if p.is_file())
+    size = _directory_bytes(out, shipped)
+    settings: Dict[str, object] = training["settings"]  # type: ignore[assignment]
+    print(format_report(report))
+    print()
+    print("summary")
+    print("-" * 60)
+    print(f"{'parameters':<34}{int(training['parameters']):,} "  # type: ignore[call-overload]
+          f"({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MB fp32)")
+    print(f"{'data generation / loading':<34}{float(training['data_seconds']) / 60:.1f} min")  # type: ignore[arg-type]
+    print(f"{'training (' + str(settings['steps']) + ' steps)':<34}{float(training['train_seconds']) / 60:.1f} min")  # type: ignore[arg-type]
+    print(f"{'export, INT8, evaluation':<34}{float(training['packaging_seconds']) / 60:.1f} min")  # type: ignore[arg-type]
+    print(f"{'total wall time':<34}{float(training['total_seconds']) / 60:.1f} min")  # type: ignore[arg-type]
+    print(f"{'final loss (mean of last 100)':<34}{float(training['final_loss_mean_last_100']):.4f}")  # type: ignore[arg-type]
+    for name, value in training["parity_max_abs_error"].items():  # type: ignore[union-attr]
+        print(f"{'parity ' + name:<34}{value:.2e}")
+    print(f"{'INT8 shipped':<34}{'yes' if training['int8_shipped'] else 'no'} "
+          f"(success drop {float(training['int8_success_drop_points']):+.1f} points)")  # type: ignore[arg-type]
+    print(f"{'shipped size':<34}{size / 2**20:.1f} MB in {len(shipped)} files ({', '.join(shipped)})")
+    if size > SHIP_LIMIT_BYTES:
+        print(f"WARNING: shipped size exceeds {SHIP_LIMIT_BYTES / 2**20:.0f} MB", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,14 +476,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--eval-scenes", type=int, default=200)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/vla_synthetic_cache"))
+    parser.add_argument("--repackage", action="store_true",
+                        help="skip training: re-export, re-quantise and re-evaluate <out>/policy.safetensors")
     args = parser.parse_args(argv)
+    torch.set_num_threads(defaults.threads)
+    cfg: VlaConfig = tiny()
+    if args.repackage:
+        training = json.loads((args.out / TRAINING_FILE).read_text())
+        policy = load_policy(args.out / WEIGHTS_FILE, cfg)
+        report = ship_model_dir(policy, args.out, training, args.eval_scenes)
+        return print_summary(args.out, training, report)
+
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,
                              steps=args.steps, batch=args.batch, lr=args.lr)
     started = time.perf_counter()
-    torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    cfg: VlaConfig = tiny()
-
     data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, settings.threads)
     data_seconds = time.perf_counter() - started
     _log(f"training set: {len(data)} tasks over {data.images.shape[0]} layouts, "
@@ -416,76 +499,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     policy = build_policy(cfg)
     _log(f"tiny policy: {count_parameters(policy):,} parameters")
     train_start = time.perf_counter()
-    losses, aux_losses = train(policy, data, settings)
+    losses, _ = train(policy, data, settings)
     train_seconds = time.perf_counter() - train_start
     del data
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.onnx"):
-        stale.unlink()
-    save_policy(policy, out / WEIGHTS_FILE)
-    plot_losses(losses, out / LOSS_CURVE_FILE)
-    _log("exporting ONNX engines")
-    fp32 = export_engines(policy, out)
-    int8 = quantize_int8(out, fp32)
-    parity_errors = parity(policy, out, fp32)
-    _log(f"parity (max abs error): {parity_errors}")
-    write_manifest(out, cfg, {"fp32": fp32, "int8": int8}, weights_file=WEIGHTS_FILE)
-
-    report = evaluate_model_dir(out, args.eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
-    results = report["results"]
-    drop = results["onnxruntime/fp32"]["success"] - results["onnxruntime/int8"]["success"]
-    ship_int8 = drop <= INT8_MAX_SUCCESS_DROP
-    engines = {"fp32": fp32}
-    if ship_int8:
-        engines["int8"] = int8
-    else:
-        _log(f"INT8 success is {100 * drop:.1f} points below fp32: not shipping it")
-        for filename in int8.values():
-            (out / filename).unlink()
-    dispersion_p95 = report.get("dispersion", {}).get("all_sensors_p95")
-    extra = {"confidence_scale": max(float(dispersion_p95), 1e-4)} if dispersion_p95 else None
-    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=extra)
-
-    total_seconds = time.perf_counter() - started
-    training = {
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_losses(losses, args.out / LOSS_CURVE_FILE)
+    training: Dict[str, object] = {
         "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
-        "parameters": count_parameters(policy),
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
-        "total_seconds": total_seconds,
         "final_loss_mean_last_100": float(np.mean(losses[-100:])),
-        "parity_max_abs_error": parity_errors,
-        "int8_shipped": ship_int8,
-        "int8_success_drop_points": 100 * drop,
-        "torch": torch.__version__,
     }
-    (out / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
-    (out / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    from vla_inference.model.model_card import write_model_card
-
-    write_model_card(out / CARD_FILE, cfg, training, report)
-    shipped = sorted(p.name for p in out.iterdir() if p.is_file())
-    size = _directory_bytes(out, shipped)
-
-    print(format_report(report))
-    print()
-    print(f"{'summary':<34}")
-    print("-" * 60)
-    print(f"{'parameters':<34}{count_parameters(policy):,} ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MB fp32)")
-    print(f"{'data generation / loading':<34}{data_seconds / 60:.1f} min")
-    print(f"{'training (' + str(settings.steps) + ' steps)':<34}{train_seconds / 60:.1f} min")
-    print(f"{'total wall time':<34}{total_seconds / 60:.1f} min")
-    print(f"{'final loss (mean of last 100)':<34}{training['final_loss_mean_last_100']:.4f}")
-    for name, value in parity_errors.items():
-        print(f"{'parity ' + name:<34}{value:.2e}")
-    print(f"{'INT8 shipped':<34}{'yes' if ship_int8 else 'no'} (success drop {100 * drop:+.1f} points)")
-    print(f"{'shipped size':<34}{size / 2**20:.1f} MB in {len(shipped)} files ({', '.join(shipped)})")
-    if size > SHIP_LIMIT_BYTES:
-        print(f"WARNING: shipped size exceeds {SHIP_LIMIT_BYTES / 2**20:.0f} MB", file=sys.stderr)
-        return 1
-    return 0
+    report = ship_model_dir(policy, args.out, training, args.eval_scenes)
+    return print_summary(args.out, training, report)
 
 
 if __name__ == "__main__":
