@@ -4,11 +4,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from vla_inference.model.config import BackboneConfig, ExpertConfig, LidarConfig, VisionConfig, VlaConfig, pi05, tiny
 from vla_inference.model.engine_spec import VISION, engine_specs
 from vla_inference.model.export import random_feeds
-from vla_inference.model.policy import AdaRMSNorm, build_policy, count_parameters, load_policy, save_policy
+from vla_inference.model.policy import (
+    AdaRMSNorm,
+    build_policy,
+    count_parameters,
+    engine_unused_parameters,
+    load_policy,
+    save_policy,
+)
 
 MiB = 1024 * 1024
 
@@ -182,3 +190,16 @@ def test_time_is_clamped_so_t_zero_stays_finite(small_policy):
         velocity = small_policy.action_expert(torch.randn(1, 4, 5), torch.zeros(1), kv, mask)
     assert torch.isfinite(velocity).all()
     assert np.isfinite(velocity.numpy()).all()
+
+
+def test_weights_leave_out_only_parameters_no_engine_reads(tmp_path, small_policy):
+    cfg = small_config()
+    path = save_policy(small_policy, tmp_path / "policy.safetensors")
+    saved = load_file(str(path))
+    unused = engine_unused_parameters(small_policy)
+    assert unused and not set(unused) & set(saved)
+    assert set(saved) | set(unused) == set(small_policy.state_dict())
+    del saved["action_expert.action_out.weight"]
+    save_file(saved, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(RuntimeError, match="action_expert.action_out.weight"):
+        load_policy(tmp_path / "broken.safetensors", cfg)

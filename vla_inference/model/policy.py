@@ -504,17 +504,31 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def engine_unused_parameters(policy: VlaPolicy) -> List[str]:
+    """State-dict names no engine reads: the last backbone layer's query, attention output and MLP
+    (the expert needs only that layer's keys/values). They exist so Gemma checkpoints load."""
+    last = f"vision_engine.layers.{len(policy.vision_engine.layers) - 1}"
+    prefixes = (f"{last}.attn.q_proj.", f"{last}.attn.o_proj.", f"{last}.mlp_norm.", f"{last}.mlp.")
+    return [name for name in policy.state_dict() if name.startswith(prefixes)]
+
+
 def save_policy(policy: VlaPolicy, path: Union[str, Path]) -> Path:
-    """Weights as safetensors, with the config in the metadata for provenance."""
+    """Weights as safetensors, with the config in the metadata for provenance. Parameters that no
+    engine reads are left out (they would only ever hold their initial values)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in policy.state_dict().items()}
+    unused = set(engine_unused_parameters(policy))
+    tensors = {name: t.detach().contiguous().cpu() for name, t in policy.state_dict().items() if name not in unused}
     save_file(tensors, str(path), metadata={"config": json.dumps(policy.cfg.to_dict(), sort_keys=True)})
     return path
 
 
 def load_policy(path: Union[str, Path], cfg: VlaConfig) -> VlaPolicy:
-    """Build ``cfg``'s policy and load weights; a missing/unexpected/misshaped tensor is an error."""
+    """Build ``cfg``'s policy and load weights. Only ``engine_unused_parameters`` may be absent; any
+    other missing, unexpected or misshaped tensor is an error."""
     policy = VlaPolicy(cfg)
-    policy.load_state_dict(load_file(str(path)), strict=True)
+    result = policy.load_state_dict(load_file(str(path)), strict=False)
+    missing = set(result.missing_keys) - set(engine_unused_parameters(policy))
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"{path}: missing tensors {sorted(missing)}, unexpected tensors {result.unexpected_keys}")
     return policy.eval()
