@@ -40,6 +40,7 @@ from vla_inference.model.evaluate import (
 )
 from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_int8
 from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, load_policy, save_policy
+from vla_inference.runtime.confidence_eval import shuffle_patches
 from vla_inference.runtime.manifest import write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
 from vla_inference.synthetic.scene import COLOR_NAMES
@@ -60,7 +61,7 @@ class TrainSettings:
     seed: int = 0
     layouts: int = 3000
     tasks_per_layout: int = 8
-    steps: int = 2400
+    steps: int = 2700
     batch: int = 32
     noise_draws: int = 2
     lr: float = 1e-3
@@ -69,6 +70,8 @@ class TrainSettings:
     ema_decay: float = 0.998
     grad_clip: float = 1.0
     aux_weight: float = 1.0
+    trajectory_weight: float = 0.3
+    uninformative_fraction: float = 0.0
     camera_count_probs: tuple = (0.2, 0.2, 0.6)
     lidar_prob: float = 0.8
     threads: int = 2
@@ -261,6 +264,33 @@ def auxiliary_loss(heads: AuxiliaryHeads, extras: Dict[str, object], data: Train
     }
 
 
+def trajectory_loss(clean: torch.Tensor, actions: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """MSE of the cumulative end-effector path (action-scale units). The per-step loss barely sees a
+    small bias repeated over 16 steps, yet that bias is what moves the chunk's end point: this
+    term weighs errors by where they leave the arm."""
+    predicted = torch.cumsum(clean[..., :3] / scale[:3], dim=1)
+    target = torch.cumsum(actions[..., :3] / scale[:3], dim=1)
+    return ((predicted - target) ** 2).mean()
+
+
+def make_uninformative(feeds: Dict[str, np.ndarray], rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Observations with the cameras, the command or both made meaningless, for training the flow to
+    spread its samples (low confidence) when it cannot know what to do. The cameras' tiles are
+    shuffled at 16 or 56 pixels and the command's bytes permuted; ``confidence_eval`` scores other
+    scrambles (32-pixel tiles, random letters), so its AUROC measures generalisation, not recall."""
+    out = {k: v.copy() for k, v in feeds.items()}
+    for row in range(out["images"].shape[0]):
+        kind = int(rng.integers(3))
+        if kind in (0, 2):
+            tile = int(rng.choice((16, 56)))
+            for camera, image in enumerate(out["images"][row]):
+                out["images"][row, camera] = shuffle_patches(image.transpose(1, 2, 0), tile, rng).transpose(2, 0, 1)
+        if kind in (1, 2):
+            length = int(out["text_mask"][row].sum())
+            out["text_tokens"][row, :length] = out["text_tokens"][row, :length][rng.permutation(length)]
+    return out
+
+
 def _lr_at(step: int, settings: TrainSettings) -> float:
     if step < settings.warmup:
         return settings.lr * (step + 1) / settings.warmup
@@ -296,16 +326,30 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
     for step in range(settings.steps):
         if cursor + settings.batch > len(order):
             order, cursor = rng.permutation(len(data)), 0
-        indices = order[cursor: cursor + settings.batch]
-        cursor += settings.batch
+        uninformative = int(round(settings.batch * settings.uninformative_fraction))
+        informed = settings.batch - uninformative
+        indices = order[cursor: cursor + informed]
+        cursor += informed
         cameras = rng.choice([1, 2, 3], size=settings.batch, p=settings.camera_count_probs)
         lidar = rng.random(settings.batch) < settings.lidar_prob
-        feeds = {k: torch.from_numpy(v).to(device) for k, v in data.vision_feeds(indices, cameras, lidar).items()}
-        actions = torch.from_numpy(data.actions[indices]).repeat_interleave(draws, 0).to(device)
+        feeds = data.vision_feeds(indices, cameras[:informed], lidar[:informed])
+        targets = data.actions[indices]
+        if uninformative:
+            # Scrambled observations paired with the actions of random other tasks: the flow learns
+            # the unconditional action distribution for inputs that carry no information.
+            noise_indices = rng.integers(len(data), size=uninformative)
+            scrambled = make_uninformative(data.vision_feeds(noise_indices, cameras[informed:], lidar[informed:]), rng)
+            feeds = {k: np.concatenate([feeds[k], scrambled[k]]) for k in feeds}
+            targets = np.concatenate([targets, data.actions[rng.integers(len(data), size=uninformative)]])
+        feeds_t = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+        actions = torch.from_numpy(targets).repeat_interleave(draws, 0).to(device)
 
         prefix_kv, prefix_mask, extras = policy.vision_engine.encode(
-            *(feeds[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
-        aux_terms = auxiliary_loss(heads, extras, data, indices, cameras, lidar, policy.cfg)
+            *(feeds_t[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
+        informed_extras = {"vit_tokens": extras["vit_tokens"][:informed],  # type: ignore[index]
+                           "layer_inputs": [x[:informed] for x in extras["layer_inputs"]]}  # type: ignore[union-attr]
+        aux_terms = auxiliary_loss(heads, informed_extras, data, indices, cameras[:informed], lidar[:informed],
+                                   policy.cfg)
         aux_loss = sum(aux_terms.values())
         prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
         t = torch.rand(actions.shape[0], generator=generator).to(device)
@@ -313,7 +357,8 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         clean = policy.action_expert.denoise(x_t, t, prefix_kv, prefix_mask)
         flow_loss = (((clean - actions) / scale) ** 2).mean()
-        loss = flow_loss + settings.aux_weight * aux_loss
+        path_loss = trajectory_loss(clean, actions, scale)
+        loss = flow_loss + settings.trajectory_weight * path_loss + settings.aux_weight * aux_loss
 
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, settings)
@@ -474,6 +519,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--trajectory-weight", type=float, default=defaults.trajectory_weight)
+    parser.add_argument("--uninformative-fraction", type=float, default=defaults.uninformative_fraction)
+    parser.add_argument("--device", default=defaults.device,
+                        help="torch device for training (the shipped policy is trained on cpu)")
     parser.add_argument("--eval-scenes", type=int, default=200)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/vla_synthetic_cache"))
     parser.add_argument("--repackage", action="store_true",
@@ -488,7 +537,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return print_summary(args.out, training, report)
 
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,
-                             steps=args.steps, batch=args.batch, lr=args.lr)
+                             steps=args.steps, batch=args.batch, lr=args.lr, trajectory_weight=args.trajectory_weight,
+                             uninformative_fraction=args.uninformative_fraction, device=args.device)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, settings.threads)
