@@ -6,7 +6,9 @@ samples one chunk per held-out scene (seeds from ``EVAL_SEED_BASE``, disjoint fr
 success when the end point is within ``SUCCESS_TOLERANCE_M`` of the ground-truth chunk's end point.
 Backends: PyTorch fp32 (from ``policy.safetensors``) and ONNX Runtime for every precision in the
 manifest. The ONNX Runtime fp32 engines are also run with sensors removed (one camera; no LiDAR),
-to show what each modality is worth, and timed at batch 1 and 4.
+to show what each modality is worth, and timed at batch 1 and 4. Finally the shipped pipeline's
+confidence (dispersion of ``DISPERSION_SAMPLES`` chunks) is scored against scrambled copies of
+held-out scenes (``runtime.confidence_eval``): the AUROC per scramble.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ DEFAULT_SCENES = 200
 DEFAULT_STEPS = 10
 EVAL_BATCH = 25
 DISPERSION_SAMPLES = 4
+CONFIDENCE_SCENES = 100
 
 Sampler = Callable[[Dict[str, np.ndarray], np.ndarray, int], np.ndarray]
 
@@ -244,6 +247,9 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
             "no_lidar_median": float(np.median(blind)),
             "no_lidar_p95": float(np.percentile(blind, 95)),
         }
+    if reference is not None and with_ablations:
+        log(f"confidence AUROC, real vs scrambled ({CONFIDENCE_SCENES} scenes)")
+        report["confidence"] = confidence_auroc(model_dir, CONFIDENCE_SCENES, steps)
     if reference is not None and with_latency:
         log("latency")
         report["latency_onnxruntime_cpu"] = {
@@ -251,6 +257,23 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
             for precision, policy in ort_policies.items() for batch in (1, 4)
         }
     return report
+
+
+def confidence_auroc(model_dir: Path, num_scenes: int, steps: int) -> Dict[str, object]:
+    """AUROC of the served confidence (ONNX Runtime fp32 pipeline) for real vs scrambled scenes."""
+    from vla_inference.runtime.confidence_eval import evaluate_confidence
+    from vla_inference.runtime.pipeline import InferencePipeline
+
+    with InferencePipeline.from_model_dir(model_dir, backend="onnxruntime", num_samples=DISPERSION_SAMPLES,
+                                          warmup_runs=1) as pipeline:
+        result = evaluate_confidence(pipeline, num_scenes, steps)
+    return {
+        "scenes": num_scenes,
+        "num_samples": DISPERSION_SAMPLES,
+        "real_median": float(np.median(result.real_confidence)),
+        "scrambled_median": {mode: float(np.median(v)) for mode, v in result.scrambled_confidence.items()},
+        "auroc": dict(result.auroc),
+    }
 
 
 def format_report(report: Dict[str, object]) -> str:
@@ -264,6 +287,14 @@ def format_report(report: Dict[str, object]) -> str:
     ]
     if "ablations_onnxruntime_fp32" in report:
         lines += ["", _table("sensors (ORT fp32)", report["ablations_onnxruntime_fp32"])]  # type: ignore[arg-type]
+    if "confidence" in report:
+        confidence: Dict[str, object] = report["confidence"]  # type: ignore[assignment]
+        lines += ["", f"confidence AUROC, real vs scrambled (ORT fp32, K={confidence['num_samples']}, "
+                      f"{confidence['scenes']} scenes; 0.5 = chance)",
+                  f"{'real':<22}median confidence {float(confidence['real_median']):.3f}"]  # type: ignore[arg-type]
+        for mode, value in confidence["auroc"].items():  # type: ignore[union-attr]
+            median = float(confidence["scrambled_median"][mode])  # type: ignore[index]
+            lines.append(f"{mode:<22}median confidence {median:.3f}   AUROC {value:.3f}")
     if "latency_onnxruntime_cpu" in report:
         lines += ["", f"{'ORT CPU latency':<22}{'vision ms':>11}{'expert ms':>11}"]
         for key, value in report["latency_onnxruntime_cpu"].items():  # type: ignore[union-attr]
