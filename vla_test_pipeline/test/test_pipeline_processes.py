@@ -14,7 +14,7 @@ from vla_test_pipeline.processes import ProcessSet
 from vla_test_pipeline.runner import BringUpTimeouts, GraphSession
 
 SCRIPTS = {
-    "polite": "import time\nwhile True: time.sleep(1)\n",
+    "polite": "import time\nprint('ready', flush=True)\nwhile True: time.sleep(1)\n",
     "stubborn": textwrap.dedent("""
         import signal, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -89,6 +89,8 @@ def test_stop_escalates_and_leaves_no_process(tmp_path):
     specs = [NodeSpec("pkg", "exe", name) for name in ("polite", "stubborn", "spawner")]
     processes = ProcessSet(tmp_path / "logs", tmp_path / "params", resolver(tmp_path, {s.name: s.name for s in specs}))
     processes.start_all(specs)
+    # Signal only started interpreters: a loaded machine can take over a second to start one.
+    wait_for_line(tmp_path / "logs" / "polite.log", "ready")
     wait_for_line(tmp_path / "logs" / "stubborn.log", "ready")
     wait_for_line(tmp_path / "logs" / "spawner.log", "grandchild")
     grandchild = int((tmp_path / "logs" / "spawner.log").read_text().split()[1])
@@ -154,4 +156,5 @@ def test_a_process_dying_during_bring_up_aborts_at_once(tmp_path):
     started = time.monotonic()
     with pytest.raises(Aborted, match="exited with code 3"):
         graph.start()
-    assert time.monotonic() - started < 10.0
+    # At once: long before the 30 s lifecycle-service timeout, the other nodes' SIGINT grace included.
+    assert time.monotonic() - started < 20.0
