@@ -14,7 +14,14 @@ from vla_test_pipeline.processes import ProcessSet
 from vla_test_pipeline.runner import BringUpTimeouts, GraphSession
 
 SCRIPTS = {
-    "polite": "import time\nprint('ready', flush=True)\nwhile True: time.sleep(1)\n",
+    # Handles SIGINT as a ROS node does, even when started from a shell that ignores it (a
+    # background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+    "polite": textwrap.dedent("""
+        import signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("ready", flush=True)
+        while True: time.sleep(1)
+        """),
     "stubborn": textwrap.dedent("""
         import signal, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
