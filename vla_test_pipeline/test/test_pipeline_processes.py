@@ -14,8 +14,8 @@ from vla_test_pipeline.processes import ProcessSet
 from vla_test_pipeline.runner import BringUpTimeouts, GraphSession
 
 SCRIPTS = {
-    # Handles SIGINT as a ROS node does, even when started from a shell that ignores it (a
-    # background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+    # The stand-ins that should die on SIGINT install its handler, as a ROS node does: started from a
+    # shell that ignores SIGINT (a background job), Python would otherwise install none.
     "polite": textwrap.dedent("""
         import signal, time
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -31,7 +31,8 @@ SCRIPTS = {
         """),
     # Leaves a grandchild in its process group that ignores SIGINT: it must not outlive the stop.
     "spawner": textwrap.dedent("""
-        import subprocess, sys, time
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         child = subprocess.Popen([sys.executable, "-c",
             "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(1000)"])
         print("grandchild", child.pid, flush=True)
