@@ -101,12 +101,12 @@ def test_smoke_checks_pass_with_the_shipped_policy(tmp_path):
 MODEL_TIME_S = 0.06
 EXPERT_SERVER = textwrap.dedent(f"""
     import dataclasses, sys, time
-    import numpy as np, rclpy
-    from rclpy.executors import ExternalShutdownException
+    import numpy as np
     from rclpy.lifecycle import LifecycleNode
     from std_msgs.msg import UInt32
     from vla_msgs.msg import InferenceRequest, InferenceResponse
     from vla_inference import contract
+    from vla_inference.nodes.entry_point import spin_node
     from vla_inference.synthetic.scene import expert_actions, generate_scene
     from vla_test_pipeline import topics
 
@@ -140,15 +140,7 @@ EXPERT_SERVER = textwrap.dedent(f"""
                 time.sleep({MODEL_TIME_S})
             self.pub.publish(response)
 
-    rclpy.init(args=sys.argv)
-    node = ExpertServer()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ExpertServer, sys.argv)
     """)
 
 

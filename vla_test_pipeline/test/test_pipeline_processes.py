@@ -40,21 +40,13 @@ SCRIPTS = {
         """),
     "argv": "import sys, time\nprint(' '.join(sys.argv[1:]), flush=True)\nwhile True: time.sleep(1)\n",
     "lifecycle": textwrap.dedent("""
-        import sys, rclpy
-        from rclpy.executors import ExternalShutdownException
+        import sys
         from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+        from vla_inference.nodes.entry_point import spin_node
         class Fake(LifecycleNode):
             def on_configure(self, state):
                 return TransitionCallbackReturn.{result}
-        rclpy.init(args=sys.argv)
-        node = Fake("stand_in")
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
+        spin_node(lambda: Fake("stand_in"), sys.argv)
         """),
     "dies": "import sys, time\ntime.sleep(0.5)\nprint('stand-in crashed', flush=True)\nsys.exit(3)\n",
 }
