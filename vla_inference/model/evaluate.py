@@ -320,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--json", type=Path, default=Path("vla_eval.json"), help="where to write the report")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch backend")
-    parser.add_argument("--quick", action="store_true", help="skip ablations, dispersion and latency")
+    parser.add_argument("--quick", action="store_true", help="skip ablations, dispersion, confidence AUROC and latency")
     args = parser.parse_args(argv)
     report = evaluate_model_dir(args.model_dir, args.scenes, args.steps, with_torch=not args.no_torch,
                                 with_ablations=not args.quick, with_latency=not args.quick,
