@@ -26,6 +26,12 @@ def spin_node(
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from rclpy's signal handler; if that lands while the
+        # executor builds its wait set, rcl reports an invalid context (RCLError) instead of
+        # ExternalShutdownException. That is still a requested shutdown; anything else is not.
+        if rclpy.ok():
+            raise
     finally:
         if before_destroy is not None:
             before_destroy(node)
