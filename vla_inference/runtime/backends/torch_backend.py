@@ -20,6 +20,7 @@ the full-size preset without a trained checkpoint, from ``TorchBackend.with_rand
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -654,6 +655,8 @@ class TorchBackend(Backend):
         super().prepare(num_samples, slots)
         if self._device != "cuda":
             return
+        if self._fast is not None:  # a previous prepare's fast path: the self-check needs the policy as written
+            self._fast.uninstall()
         self._fast = None
         if self.fast_path:
             self._fast = self._build_fast(self.compile)
@@ -664,10 +667,11 @@ class TorchBackend(Backend):
             if self._fast is None or not self._fast.compile:
                 raise
             LOG.warning("torch.compile fast path failed (%s: %s); serving the eager fast path", type(exc).__name__, exc)
-            self._fast_note = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
+            compile_note = f"compile failed: {type(exc).__name__}: {str(exc)[:200]}"
             self._fast.uninstall()
             torch.cuda.synchronize()
             self._fast = self._build_fast(False)
+            self._fast_note = f"{compile_note}; {self._fast_note}"
             with torch.inference_mode():
                 self._prepare_cuda(num_samples, slots)
 
@@ -675,8 +679,14 @@ class TorchBackend(Backend):
         """The fast path, checked once against the policy as written (fp32 reference inputs are not
         needed: both run in the serving dtype on the same weights; they differ only by rounding)."""
         fast = FastPolicy(self.policy, compile=False, attention=self.attention, prefix_attention=self.prefix_attention)
-        cosines = self._self_check(fast)
-        if min(cosines) < SELF_CHECK_MIN_COSINE:
+        try:
+            cosines = self._self_check(fast)
+        except Exception as exc:  # noqa: BLE001 - a broken fast path falls back to the policy as written
+            LOG.error("fast path self-check raised %s: %s; serving the policy as written", type(exc).__name__, exc)
+            self._fast_note = f"self-check raised {type(exc).__name__}: {str(exc)[:200]}"
+            return None
+        # NaN compares false against everything: only finite cosines above the bar pass.
+        if not all(math.isfinite(c) and c >= SELF_CHECK_MIN_COSINE for c in cosines):
             LOG.error("fast path disagrees with the policy (cosine %s); serving the policy as written", cosines)
             self._fast_note = f"self-check failed: cosines {cosines}"
             return None
