@@ -19,6 +19,8 @@ from vla_inference.synthetic.scene import (
 
 
 SUCCESS_TARGET = 0.9
+# Where the card calls a scramble separated by the served confidence.
+SEPARATING_AUROC = 0.7
 CACHED_DATA_NOTE = " from the cache; generating the set takes about 1.2 min on 2 cores"
 
 
@@ -44,6 +46,15 @@ def _target_status(fp32: Mapping[str, float]) -> List[str]:
         " allows help most: the same recipe reached 86.5 % with 4,000 steps in a GPU run.",
         "",
     ]
+
+
+def _scrambled_command_note(settings: Mapping[str, object]) -> str:
+    fraction = float(settings.get("scrambled_command_fraction", 0.0))  # type: ignore[arg-type]
+    if fraction <= 0.0:
+        return ""
+    return (f" {100 * fraction:.2f} % of each batch is a real scene whose command has its bytes permuted, paired"
+            " with a random other task's chunk, so the flow spreads its samples (low confidence) for a command"
+            " that names nothing it can read.")
 
 
 def _minutes(seconds: object) -> str:
@@ -159,7 +170,8 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         " layer's input the named cube per image token, pole / pole-near-path per LiDAR sector, and the named"
         " colour, end-effector-to-target offset and pole flag on the state token. Without them the tiny"
         " backbone did not learn to bind the colour word to the image within the CPU budget. Seed"
-        f" {settings['seed']}, {settings['threads']} CPU threads, torch {training['torch']}.",
+        f" {settings['seed']}, {settings['threads']} CPU threads, torch {training['torch']}."
+        + _scrambled_command_note(settings),
         "",
         f"Wall time: {_minutes(training['total_seconds'])} in total (data {_minutes(training['data_seconds'])}"
         f"{CACHED_DATA_NOTE if float(training['data_seconds']) < 30 else ''},"  # type: ignore[arg-type]
@@ -201,12 +213,16 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         ]
     confidence = report.get("confidence")
     if confidence:
+        scores: Dict[str, float] = confidence["auroc"]  # type: ignore[assignment]
+        separated = [mode for mode, value in scores.items() if value >= SEPARATING_AUROC]
+        confused = [mode for mode, value in scores.items() if value < SEPARATING_AUROC]
         lines += [
             f"Confidence (the served K={confidence['num_samples']} dispersion score) on"
             f" {confidence['scenes']} held-out scenes, real vs scrambled, AUROC (0.5 = chance): "
-            + ", ".join(f"{mode} {value:.2f}" for mode, value in confidence["auroc"].items())
-            + ". A dropped LiDAR lowers confidence; scrambled cameras or text barely do: the policy is"
-            " confidently wrong on them (see `runtime/confidence_eval.py`).",
+            + ", ".join(f"{mode} {value:.2f}" for mode, value in scores.items())
+            + f". AUROC >= {SEPARATING_AUROC}: {', '.join(separated) or 'none'}; below:"
+            f" {', '.join(confused) or 'none'} (see `runtime/confidence_eval.py` for why shuffled camera"
+            " patches are hard to tell from a real scene).",
             "",
         ]
     lines += [
