@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,20 @@ def test_manifest_contract_mismatch_names_the_manifest(model_copy: Path) -> None
     (model_copy / MANIFEST_NAME).write_text("{ not json")
     with pytest.raises(ModelDirError, match=rf"{MANIFEST_NAME}: unreadable manifest"):
         load_manifest(model_copy)
+
+
+def test_shipped_model_dir_is_found_on_a_host_without_ros(tmp_path: Path) -> None:
+    """A GPU host running only the runtime has no ament_index_python: the source tree's policy is
+    served (this raised UnboundLocalError before)."""
+    blocker = tmp_path / "ament_index_python"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('no ROS 2 on this host')\n")
+    script = ("from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir\n"
+              "path = shipped_model_dir()\n"
+              "assert (path / MANIFEST_NAME).is_file(), path\n"
+              "print(path)\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == repo / "models" / "tiny"

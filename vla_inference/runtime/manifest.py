@@ -34,15 +34,16 @@ class ModelDirError(RuntimeError):
 
 def shipped_model_dir() -> Path:
     """The policy shipped with the package: installed share/ first, then the source tree."""
+    source_tree = Path(__file__).resolve().parents[2] / "models" / SHIPPED_MODEL
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
+    except ImportError:  # no ROS 2 here (a GPU host running only the runtime)
+        return source_tree
+    try:
         installed = Path(get_package_share_directory("vla_inference")) / "models" / SHIPPED_MODEL
-        if (installed / MANIFEST_NAME).is_file():
-            return installed
-    except (ImportError, PackageNotFoundError):
-        pass
-    return Path(__file__).resolve().parents[2] / "models" / SHIPPED_MODEL
+    except PackageNotFoundError:
+        return source_tree
+    return installed if (installed / MANIFEST_NAME).is_file() else source_tree
 
 
 def sha256_of(path: Path) -> str:
