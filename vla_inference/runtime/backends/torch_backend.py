@@ -8,7 +8,8 @@
   conditioning read from device tables through a device step counter) on the highest-priority
   stream. Each slot has its own step graph, so the expert reads its prefix in place, and the loop
   never synchronises with the host: the only wait is the final copy of the chunk back to pinned
-  memory. By default both graphs run ``FastPolicy`` (below): the policy's own parameters in a GPU
+  memory (the first request with a new ``steps`` value also uploads and caches its modulation
+  table, a synchronous copy). By default both graphs run ``FastPolicy`` (below): the policy's own parameters in a GPU
   arrangement (fused GEMMs, time-conditioning table, shared-prefix attention over aligned padded
   keys, patch convolutions as GEMMs) with ``torch.compile`` fusing the elementwise work; it is
   checked against the policy as written when it is prepared and falls back to it (or to eager on a
