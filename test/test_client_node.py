@@ -19,6 +19,7 @@ from vla_inference.client.vla_client import range_image_msg, rgb_image_msg
 from vla_inference.nodes.client_node import (
     COMMAND_TOPIC, LIDAR_TOPIC, STATE_TOPIC, TEXT_QOS, VlaClientNode, camera_topic,
 )
+from vla_inference.nodes.entry_point import spin_executor
 from vla_inference.nodes.inference_node import InferenceNode
 from vla_inference.synthetic import generate_scene, make_observation
 
@@ -66,14 +67,14 @@ def graph(ros_context):
     executor = MultiThreadedExecutor(num_threads=6, context=ros_context)
     for node in (server, client, robot.node):
         executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = threading.Thread(target=spin_executor, args=(executor, server), daemon=True)
     spinner.start()
     assert server.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert server.trigger_activate() == TransitionCallbackReturn.SUCCESS
     yield server, client, robot
-    server.release()
-    executor.shutdown()
+    executor.shutdown()  # first: rclpy does not guard a QoS event handler destroyed mid wait-set build
     spinner.join(5.0)
+    server.release()
 
 
 def test_client_node_plays_chunks_and_holds_when_a_camera_dies(graph):

@@ -26,6 +26,7 @@ from vla_msgs.srv import Infer
 from ros_helpers import wait_for, wait_future
 from vla_inference import contract
 from vla_inference.client.vla_client import VlaClient, build_request, range_image_msg, rgb_image_msg
+from vla_inference.nodes.entry_point import spin_executor
 from vla_inference.nodes.inference_node import InferenceNode
 from vla_inference.serving.inference_server import Status
 from vla_inference.synthetic import generate_scene, make_observation
@@ -44,7 +45,7 @@ class Graph:
         self.executor = MultiThreadedExecutor(num_threads=6, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin_executor, args=(self.executor, self.node), daemon=True)
         self.thread.start()
         self.change_state_client = self.peer.create_client(ChangeState, f"/{NODE}/change_state")
         self.get_state_client = self.peer.create_client(GetState, f"/{NODE}/get_state")
@@ -83,9 +84,9 @@ class Graph:
         assert self.transition(Transition.TRANSITION_ACTIVATE)
 
     def close(self) -> None:
-        self.node.release()
-        self.executor.shutdown()
+        self.executor.shutdown()  # first: rclpy does not guard a QoS event handler destroyed mid wait-set build
         self.thread.join(5.0)
+        self.node.release()
 
 
 @pytest.fixture

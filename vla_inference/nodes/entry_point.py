@@ -4,8 +4,28 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+
+
+def spin_executor(executor: Executor, node: Node) -> None:
+    """``executor.spin()``, resumed when an entity is destroyed while the executor collects it.
+
+    rclpy skips a subscription, service, client or timer destroyed while it builds its wait set, but
+    not a waitable: a subscription's QoS event handler raises InvalidHandle there. A lifecycle
+    cleanup that destroys a subscription from a callback thread (``InferenceNode.release``) can hit
+    that window; the entity is gone either way, so the executor spins on instead of taking the
+    process down.
+    """
+    while True:
+        try:
+            executor.spin()
+            return
+        except InvalidHandle as exc:
+            if not executor.context.ok():
+                raise
+            node.get_logger().warning(f"an entity was destroyed while the executor collected it ({exc}); spinning on")
 
 
 def spin_node(
@@ -23,7 +43,7 @@ def spin_node(
     executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        spin_executor(executor, node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
