@@ -319,11 +319,11 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
     smoothed = float("nan")
     bar = ProgressBar(settings.steps)
     policy.train()
+    unnamed = int(round(settings.batch * settings.scrambled_command_fraction))
+    informed = settings.batch - unnamed
     for step in range(settings.steps):
         if cursor + settings.batch > len(order):
             order, cursor = rng.permutation(len(data)), 0
-        unnamed = int(round(settings.batch * settings.scrambled_command_fraction))
-        informed = settings.batch - unnamed
         indices = order[cursor: cursor + informed]
         cursor += informed
         cameras = rng.choice([1, 2, 3], size=settings.batch, p=settings.camera_count_probs)

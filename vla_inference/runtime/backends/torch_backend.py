@@ -9,11 +9,11 @@
   stream. Each slot has its own step graph, so the expert reads its prefix in place, and the loop
   never synchronises with the host: the only wait is the final copy of the chunk back to pinned
   memory (the first request with a new ``steps`` value also uploads and caches its modulation
-  table, a synchronous copy). By default both graphs run ``FastPolicy`` (below): the policy's own parameters in a GPU
-  arrangement (fused GEMMs, time-conditioning table, shared-prefix attention over aligned padded
-  keys, patch convolutions as GEMMs) with ``torch.compile`` fusing the elementwise work; it is
-  checked against the policy as written when it is prepared and falls back to it (or to eager on a
-  compile error). docs/benchmarks.md has the measurements.
+  table, a synchronous copy). By default both graphs run ``FastPolicy`` (below): the policy's own
+  parameters in a GPU arrangement (fused GEMMs, time-conditioning table, shared-prefix attention
+  over aligned padded keys, patch convolutions as GEMMs) with ``torch.compile`` fusing the
+  elementwise work; it is checked against the policy as written when it is prepared and falls back
+  to it (or to eager on a compile error). docs/benchmarks.md has the measurements.
 
 The policy comes from the manifest's ``weights`` file (SHA-256 checked), or, for timing runs of
 the full-size preset without a trained checkpoint, from ``TorchBackend.with_random_weights``.
