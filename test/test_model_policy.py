@@ -11,6 +11,7 @@ from vla_inference.model.engine_spec import VISION, engine_specs
 from vla_inference.model.export import random_feeds
 from vla_inference.model.policy import (
     AdaRMSNorm,
+    PrefixTrim,
     build_policy,
     count_parameters,
     engine_unused_parameters,
@@ -110,6 +111,50 @@ def test_masked_inputs_do_not_change_the_actions(small_policy):
         unmasked = small_policy.action_expert(noise, time, *small_policy.vision_engine(*(visible[n] for n in names)))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
     assert not torch.allclose(outputs[0], unmasked, atol=1e-4)
+
+
+@pytest.mark.parametrize("cameras, lidar", [(1, False), (1, True), (2, False)])
+def test_a_trimmed_prefix_gives_the_full_prefix_keys_values_and_actions(small_policy, cameras, lidar):
+    """Training leaves out tokens the whole batch masks; the kept tokens and the expert's output must
+    be those of the full prefix, or the shipped engines would serve a different function."""
+    cfg = small_config()
+    names = [t.name for t in engine_specs(cfg)[VISION].inputs]
+    feeds = torch_feeds(cfg, 3, seed=5)
+    feeds["camera_mask"][:] = torch.arange(cfg.max_cameras) < cameras
+    feeds["lidar_mask"][:] = lidar
+    feeds["text_mask"][:] = torch.arange(cfg.text_max_len) < torch.tensor([[5], [9], [3]])
+    trim = PrefixTrim(cameras, lidar, 9)
+    noise, time = torch.randn(3, 4, 5), torch.tensor([0.9, 0.5, 0.1])
+    with torch.no_grad():
+        full_kv, full_mask = small_policy.vision_engine(*(feeds[n] for n in names))
+        kv, mask, extras = small_policy.vision_engine.encode(*(feeds[n] for n in names), trim=trim)
+        full_clean = small_policy.action_expert.denoise(noise, time, full_kv, full_mask)
+        clean = small_policy.action_expert.denoise(noise, time, kv, mask, trimmed=True)
+    kept = trim.positions(cfg)
+    assert kv.shape[4] == len(kept) < cfg.prefix_len and extras["vit_tokens"].shape[1] == cameras
+    torch.testing.assert_close(kv, full_kv[:, :, :, :, kept], rtol=0, atol=1e-5)
+    assert torch.equal(mask, full_mask[:, kept])
+    torch.testing.assert_close(clean, full_clean, rtol=0, atol=1e-5)
+    segments = trim.segments(cfg)
+    assert segments["text"].stop == len(kept) - 1 and (segments["lidar"].stop > segments["lidar"].start) == lidar
+    with pytest.raises(ValueError, match="prefix_kv: expected shape"):
+        small_policy.action_expert.denoise(noise, time, kv, mask)
+
+
+@pytest.mark.parametrize("trim, message", [
+    (PrefixTrim(1, True, 16), "camera after slot 1 is on"),
+    (PrefixTrim(2, False, 16), "LiDAR left out"),
+    (PrefixTrim(2, True, 4), "longer than text_len 4"),
+    (PrefixTrim(0, True, 16), "cameras must lie in"),
+])
+def test_a_trim_that_would_drop_an_attended_token_is_refused(small_policy, trim, message):
+    cfg = small_config()
+    feeds = torch_feeds(cfg, 2, seed=6)
+    feeds["camera_mask"][:] = True
+    feeds["lidar_mask"][:] = True
+    feeds["text_mask"][:] = torch.arange(cfg.text_max_len) < 6
+    with pytest.raises(ValueError, match=message):
+        small_policy.vision_engine.encode(*(feeds[t.name] for t in engine_specs(cfg)[VISION].inputs), trim=trim)
 
 
 def test_sample_runs_the_euler_loop(small_policy):

@@ -50,20 +50,25 @@ def test_scrambled_commands_permute_a_copy_and_keep_the_scene(small_set):
         np.testing.assert_array_equal(scrambled["text_tokens"][row, length:], original["text_tokens"][row, length:])
 
 
-def test_scrambled_command_fraction_is_checked(small_set):
+def test_scrambled_command_fraction_and_precision_are_checked(small_set):
     with pytest.raises(ValueError, match="scrambled_command_fraction"):
         train(build_policy(tiny()), small_set, TrainSettings(steps=1, scrambled_command_fraction=1.0))
+    with pytest.raises(ValueError, match="precision"):
+        train(build_policy(tiny()), small_set, TrainSettings(steps=1, precision="fp16"))
 
 
-def test_a_few_training_steps_update_the_policy(small_set):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_few_training_steps_update_the_policy(small_set, precision):
     torch.manual_seed(0)
     policy = build_policy(tiny())
     before = [p.detach().clone() for p in policy.parameters()]
-    settings = TrainSettings(steps=3, batch=4, warmup=1, scrambled_command_fraction=0.25, ema_decay=0.0)
+    settings = TrainSettings(steps=3, batch=4, warmup=1, scrambled_command_fraction=0.25, ema_decay=0.0,
+                             precision=precision)
     losses, aux = train(policy, small_set, settings)
     assert len(losses) == 3 and len(aux) == 3
     assert all(np.isfinite(losses)) and all(np.isfinite(list(a.values())).all() for a in aux)
     assert "patch_colour" in aux[0] and "state_pole" in aux[0]
     changed = sum(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))
     assert changed > len(before) // 2
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
     assert not policy.training

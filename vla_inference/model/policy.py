@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,16 @@ def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     masked = torch.full((), MASK_BIAS, dtype=dtype, device=mask.device)
     return torch.where(mask, zero, masked)[:, None, None, :]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``scaled_dot_product_attention``, run in float32 under CPU autocast: PyTorch's CPU flash
+    attention is slower in bf16 than in float32 (measured: 8 % of a bf16 training step)."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                  attn_mask=None if bias is None else bias.float())
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -219,7 +230,7 @@ class ViTBlock(nn.Module):
         batch, length, width = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v)
+        attended = attention(q, k, v)
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 
@@ -245,6 +256,53 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+
+@dataclass(frozen=True)
+class PrefixTrim:
+    """A training shortcut: prefix tokens that are masked for the whole batch (trailing camera
+    slots, LiDAR, text padding) are left out instead of computed and masked.
+
+    Kept tokens keep their positions in the full prefix. A masked key adds exactly zero to
+    attention, so the kept tokens' keys/values, and the expert's output, equal the full prefix's
+    up to float rounding; the batch costs what its real tokens cost."""
+
+    cameras: int
+    lidar: bool
+    text_len: int
+
+    def check(self, cfg: VlaConfig, camera_mask: torch.Tensor, lidar_mask: torch.Tensor, text_mask: torch.Tensor) -> None:
+        """Refuse a trim that would drop a token some sample of the batch attends to."""
+        if not 1 <= self.cameras <= cfg.max_cameras or not 1 <= self.text_len <= cfg.text_max_len:
+            raise ValueError(f"PrefixTrim: cameras must lie in [1, {cfg.max_cameras}] and text_len in "
+                             f"[1, {cfg.text_max_len}], received {self}")
+        if bool(camera_mask[:, self.cameras:].any()):
+            raise ValueError(f"PrefixTrim: a camera after slot {self.cameras} is on")
+        if not self.lidar and bool(lidar_mask.any()):
+            raise ValueError("PrefixTrim: LiDAR left out but some sample has a scan")
+        if bool(text_mask[:, self.text_len:].any()):
+            raise ValueError(f"PrefixTrim: a command is longer than text_len {self.text_len}")
+
+    def positions(self, cfg: VlaConfig) -> torch.Tensor:
+        """Positions in the full prefix of the kept tokens, in prefix order."""
+        images = cfg.max_cameras * cfg.tokens_per_camera
+        text_start = images + cfg.lidar_tokens
+        parts = [torch.arange(self.cameras * cfg.tokens_per_camera)]
+        if self.lidar:
+            parts.append(torch.arange(images, text_start))
+        parts += [torch.arange(text_start, text_start + self.text_len), torch.tensor([cfg.prefix_len - 1])]
+        return torch.cat(parts)
+
+    def segments(self, cfg: VlaConfig) -> Dict[str, slice]:
+        """Where each modality's tokens lie in the trimmed prefix."""
+        images = self.cameras * cfg.tokens_per_camera
+        lidar_end = images + (cfg.lidar_tokens if self.lidar else 0)
+        return {"images": slice(0, images), "lidar": slice(images, lidar_end),
+                "text": slice(lidar_end, lidar_end + self.text_len)}
+
+    @staticmethod
+    def full(cfg: VlaConfig) -> "PrefixTrim":
+        return PrefixTrim(cfg.max_cameras, True, cfg.text_max_len)
 
 
 class VisionEngine(nn.Module):
@@ -299,10 +357,12 @@ class VisionEngine(nn.Module):
 
     def encode(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
                lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-               state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, object]]:
+               state: torch.Tensor, trim: Optional[PrefixTrim] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, object]]:
         """``forward`` plus intermediates for auxiliary training losses: ``vit_tokens`` [B, cameras,
         tokens, vision width] and ``layer_inputs``, the residual stream entering each backbone layer
-        (a list of [B, prefix_len, width])."""
+        (a list of [B, prefix_len, width]). With ``trim`` (training only) the prefix leaves out the
+        tokens ``trim`` names, and every returned tensor covers the kept tokens only."""
         cfg = self.cfg
         size, cameras = cfg.vision.image_size, cfg.max_cameras
         _check_shape("images", images, (None, cameras, 3, size, size))
@@ -312,41 +372,47 @@ class VisionEngine(nn.Module):
         _check_shape("text_tokens", text_tokens, (None, cfg.text_max_len))
         _check_shape("text_mask", text_mask, (None, cfg.text_max_len))
         _check_shape("state", state, (None, cfg.state_dim))
+        if trim is not None:
+            trim.check(cfg, camera_mask, lidar_mask, text_mask)
+            cameras = trim.cameras
+            images, camera_mask = images[:, :cameras], camera_mask[:, :cameras]
+            text_tokens, text_mask = text_tokens[:, : trim.text_len], text_mask[:, : trim.text_len]
+        with_lidar = trim is None or trim.lidar
         batch = images.shape[0]
         dtype = self.image_projection.weight.dtype
 
         vit_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype))
         image_tokens = self.image_projection(vit_tokens).reshape(batch, cameras, -1, cfg.backbone.width)
         per_camera = image_tokens.shape[2]
-        image_tokens = (image_tokens + self.camera_embedding[None, :, None, :]).reshape(batch, cameras * per_camera, -1)
-        lidar_tokens = self.lidar_embed(self._lidar_features(lidar_range.to(dtype))).flatten(2).transpose(1, 2)
-        lidar_tokens = lidar_tokens + self.lidar_position
+        image_tokens = (image_tokens + self.camera_embedding[None, :cameras, None, :]).reshape(
+            batch, cameras * per_camera, -1)
         text = self.text_embedding(text_tokens) * (text_mask[:, :, None].to(dtype) * math.sqrt(cfg.backbone.width))
         text = text + self.text_ngram(text.transpose(1, 2)).transpose(1, 2)
         state_token = self.state_projection(state.to(dtype))[:, None, :]
-        x = torch.cat([image_tokens, lidar_tokens, text, state_token], dim=1)
-
-        prefix_mask = torch.cat(
-            [
-                camera_mask[:, :, None].expand(batch, cameras, per_camera).reshape(batch, cameras * per_camera),
-                lidar_mask[:, None].expand(batch, cfg.lidar_tokens),
-                text_mask,
-                torch.ones_like(camera_mask[:, :1]),
-            ],
-            dim=1,
-        )
-        prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
+        tokens = [image_tokens]
+        masks = [camera_mask[:, :, None].expand(batch, cameras, per_camera).reshape(batch, cameras * per_camera)]
+        if with_lidar:
+            lidar_tokens = self.lidar_embed(self._lidar_features(lidar_range.to(dtype))).flatten(2).transpose(1, 2)
+            tokens.append(lidar_tokens + self.lidar_position)
+            masks.append(lidar_mask[:, None].expand(batch, cfg.lidar_tokens))
+        x = torch.cat(tokens + [text, state_token], dim=1)
+        prefix_mask = torch.cat(masks + [text_mask, torch.ones_like(camera_mask[:, :1])], dim=1)
+        positions = None if trim is None else trim.positions(cfg).to(x.device)
+        prefix_kv, layer_inputs = self._backbone(x, prefix_mask, positions)
         return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
                                         "layer_inputs": layer_inputs}
 
-    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor, positions: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Full attention within the prefix; returns the stacked keys/values of every layer and the
         residual stream entering each layer.
 
         The last layer's attention output and MLP only feed text decoding, which this policy does
         not do, so they are skipped (their weights stay in the module so Gemma checkpoints load).
         """
-        cos, sin = rope_tables(torch.arange(x.shape[1], device=x.device), self.cfg.backbone.head_dim, x.dtype)
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        cos, sin = rope_tables(positions, self.cfg.backbone.head_dim, x.dtype)
         bias = key_bias(prefix_mask, x.dtype)
         layer_kv: List[torch.Tensor] = []
         layer_inputs: List[torch.Tensor] = []
@@ -399,14 +465,17 @@ class ActionExpert(nn.Module):
         return ((noisy_actions.float() - clean) / t).to(noisy_actions.dtype)
 
     def denoise(self, noisy_actions: torch.Tensor, time: torch.Tensor, prefix_kv: torch.Tensor,
-                prefix_mask: torch.Tensor) -> torch.Tensor:
-        """The clean-chunk estimate x0_hat [B, H, D] (float32), the quantity training regresses."""
+                prefix_mask: torch.Tensor, trimmed: bool = False) -> torch.Tensor:
+        """The clean-chunk estimate x0_hat [B, H, D] (float32), the quantity training regresses.
+        ``trimmed``: the prefix came from ``VisionEngine.encode`` with a ``PrefixTrim``, so it is
+        shorter than the contract's; action tokens keep the positions that follow the full prefix."""
         cfg, b = self.cfg, self.cfg.backbone
         horizon, prefix_len = cfg.action_horizon, cfg.prefix_len
+        kept = prefix_kv.shape[4] if trimmed and prefix_kv.ndim == 6 else prefix_len
         _check_shape("noisy_actions", noisy_actions, (None, horizon, cfg.action_dim))
         _check_shape("time", time, (None,))
-        _check_shape("prefix_kv", prefix_kv, (None, b.depth, 2, b.num_kv_heads, prefix_len, b.head_dim))
-        _check_shape("prefix_mask", prefix_mask, (None, prefix_len))
+        _check_shape("prefix_kv", prefix_kv, (None, b.depth, 2, b.num_kv_heads, kept, b.head_dim))
+        _check_shape("prefix_mask", prefix_mask, (None, kept))
         dtype = self.action_in.weight.dtype
         batch = noisy_actions.shape[0]
 

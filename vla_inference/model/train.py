@@ -8,12 +8,14 @@ One command regenerates ``models/tiny`` (weights, ONNX engines, INT8 engines if 
 Flow matching with an x0 head (see ``policy``): for each observation, ``--noise-draws`` pairs of
 (noise, t ~ U(0, 1)) give x_t = t * noise + (1 - t) * actions, and the expert's clean-chunk estimate
 is regressed onto the actions, in units of the per-dimension action scale. Camera count (1-3) and
-LiDAR presence are randomised per sample so the masks are trained. Seeded and CPU-only: the same
-command on the same software gives the same weights.
+LiDAR presence are drawn per batch so the masks are trained and the prefix leaves out what no
+sample of the batch has (``PrefixTrim``). Matmuls run in bf16 autocast (``--precision``). Seeded and
+CPU-only: the same command on the same software and CPU gives the same weights.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -39,11 +41,19 @@ from vla_inference.model.evaluate import (
     format_report,
 )
 from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_int8
-from vla_inference.model.policy import VlaPolicy, build_policy, count_parameters, load_policy, save_policy
+from vla_inference.model.policy import (
+    PrefixTrim,
+    VlaPolicy,
+    build_policy,
+    count_parameters,
+    load_policy,
+    save_policy,
+)
 from vla_inference.runtime.manifest import write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
 from vla_inference.synthetic.scene import COLOR_NAMES
 
+PRECISIONS = ("fp32", "bf16")
 INT8_MAX_SUCCESS_DROP = 0.03
 SHIP_LIMIT_BYTES = 30 * 1024 * 1024
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -60,7 +70,7 @@ class TrainSettings:
     seed: int = 0
     layouts: int = 3000
     tasks_per_layout: int = 8
-    steps: int = 2700
+    steps: int = 4500
     batch: int = 32
     noise_draws: int = 2
     lr: float = 1e-3
@@ -75,6 +85,7 @@ class TrainSettings:
     lidar_prob: float = 0.8
     threads: int = 2
     device: str = "cpu"
+    precision: str = "bf16"
 
 
 def _log(message: str) -> None:
@@ -168,9 +179,9 @@ class AuxiliaryHeads(torch.nn.Module):
         self.state = head(len(COLOR_NAMES) + 4)
 
 
-def patch_labels(data: TrainingSet, indices: np.ndarray, cameras: np.ndarray, cfg: VlaConfig) -> Dict[str, np.ndarray]:
-    """Per (sample, camera, ViT token): colour class (``len(COLOR_NAMES)`` = none), in-patch offset
-    of the cube centre in patch units, whether it is the named cube, and whether the camera is on."""
+def patch_labels(data: TrainingSet, indices: np.ndarray, cfg: VlaConfig) -> Dict[str, np.ndarray]:
+    """Per (sample, camera slot, ViT token): colour class (``len(COLOR_NAMES)`` = none), in-patch
+    offset of the cube centre in patch units, and whether it is the named cube."""
     patch, grid = cfg.vision.patch_size, cfg.vision.image_size // cfg.vision.patch_size
     batch, num_cams = len(indices), cfg.max_cameras
     layouts = data.layout_index[indices]
@@ -192,9 +203,7 @@ def patch_labels(data: TrainingSet, indices: np.ndarray, cameras: np.ndarray, cf
     offsets[b, c, token[b, c, k]] = pixels[b, c, k] / patch - cell[b, c, k] - 0.5
     occupied[b, c, token[b, c, k]] = 1.0
     targets[b, c, token[b, c, k]] = is_target[b, c, k]
-    camera_on = (np.arange(num_cams)[None, :] < cameras[:, None]).astype(np.float32)
-    return {"labels": labels, "offsets": offsets, "occupied": occupied, "targets": targets, "world": world,
-            "camera_on": camera_on}
+    return {"labels": labels, "offsets": offsets, "occupied": occupied, "targets": targets, "world": world}
 
 
 def sector_labels(data: TrainingSet, indices: np.ndarray, cfg: VlaConfig) -> np.ndarray:
@@ -220,46 +229,45 @@ def _masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def auxiliary_loss(heads: AuxiliaryHeads, extras: Dict[str, object], data: TrainingSet, indices: np.ndarray,
-                   cameras: np.ndarray, lidar: np.ndarray, cfg: VlaConfig) -> Dict[str, torch.Tensor]:
-    """The auxiliary terms of one batch (see ``AuxiliaryHeads``)."""
+                   trim: PrefixTrim, cfg: VlaConfig) -> Dict[str, torch.Tensor]:
+    """The auxiliary terms of one batch (see ``AuxiliaryHeads``), whose prefix was encoded with
+    ``trim`` (every sample sees ``trim.cameras`` cameras, and the LiDAR when ``trim.lidar``)."""
     device = heads.patch.weight.device
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-    labels = {k: tensor(v) for k, v in patch_labels(data, indices, cameras, cfg).items()}
-    camera_on = labels["camera_on"][:, :, None]
-    lidar_on = tensor(lidar.astype(np.float32))
+    labels = {k: tensor(v[:, : trim.cameras]) for k, v in patch_labels(data, indices, cfg).items()}
     first, second, last = (extras["layer_inputs"][i] for i in (0, 1, -1))  # type: ignore[index]
-    images = cfg.max_cameras * cfg.tokens_per_camera
-    lidar_end = images + cfg.lidar_tokens
-    text_end = lidar_end + cfg.text_max_len
+    segments = trim.segments(cfg)
+    images = segments["images"]
 
     patch_out = heads.patch(extras["vit_tokens"])
     colour = F.cross_entropy(patch_out[..., :-2].flatten(0, 2), labels["labels"].flatten(), reduction="none")
     offset_error = ((patch_out[..., -2:] - labels["offsets"]) ** 2).sum(-1)
-    named = F.binary_cross_entropy_with_logits(heads.target(last[:, :images]).squeeze(-1),
+    named = F.binary_cross_entropy_with_logits(heads.target(last[:, images]).squeeze(-1),
                                                labels["targets"].flatten(1), reduction="none")
-    world_error = ((heads.world(second[:, :images]) - labels["world"].flatten(1, 2)) ** 2).sum(-1)
-    text_colour = F.cross_entropy(heads.text(first[:, lidar_end:text_end]).flatten(0, 1),
-                                  tensor(data.text_colour[indices]).flatten(), reduction="none")
-    sector = F.binary_cross_entropy_with_logits(heads.sector(last[:, images:lidar_end]),
-                                                tensor(sector_labels(data, indices, cfg)), reduction="none")
+    world_error = ((heads.world(second[:, images]) - labels["world"].flatten(1, 2)) ** 2).sum(-1)
+    text_colour = F.cross_entropy(heads.text(first[:, segments["text"]]).flatten(0, 1),
+                                  tensor(data.text_colour[indices][:, : trim.text_len]).flatten(), reduction="none")
     state = heads.state(last[:, -1])
     named_colour = tensor(data.block_colors[data.layout_index[indices], data.target_slot[indices]])
     offset_target = tensor(data.target_offset[indices] / PROBE_OFFSET_SCALE_M)
     slow_target = tensor(data.slow[indices].astype(np.float32))
+    zero = torch.zeros((), device=device)
+    if trim.lidar:
+        sector = F.binary_cross_entropy_with_logits(heads.sector(last[:, segments["lidar"]]),
+                                                    tensor(sector_labels(data, indices, cfg)), reduction="none")
     return {
-        "patch_colour": _masked_mean(colour.view_as(labels["occupied"]), camera_on),
-        "patch_offset": _masked_mean(offset_error, labels["occupied"] * camera_on),
+        "patch_colour": colour.mean(),
+        "patch_offset": _masked_mean(offset_error, labels["occupied"]),
         "text_colour": text_colour.mean(),
-        "patch_world": _masked_mean(world_error.view_as(labels["occupied"]), labels["occupied"] * camera_on),
-        "named_cube": _masked_mean(named.view_as(labels["targets"]), camera_on),
-        "lidar_sector": 10.0 * _masked_mean(sector.mean((1, 2)), lidar_on),
+        "patch_world": _masked_mean(world_error.view_as(labels["occupied"]), labels["occupied"]),
+        "named_cube": named.mean(),
+        "lidar_sector": 10.0 * sector.mean() if trim.lidar else zero,
         "state_colour": F.cross_entropy(state[:, : len(COLOR_NAMES)], named_colour),
         "state_offset": ((state[:, -4:-1] - offset_target) ** 2).mean(),
-        "state_pole": _masked_mean(F.binary_cross_entropy_with_logits(state[:, -1], slow_target, reduction="none"),
-                                   lidar_on),
+        "state_pole": F.binary_cross_entropy_with_logits(state[:, -1], slow_target) if trim.lidar else zero,
     }
 
 
@@ -319,6 +327,12 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
     smoothed = float("nan")
     bar = ProgressBar(settings.steps)
     policy.train()
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, received {settings.precision!r}")
+    # bf16 autocast keeps float32 master weights, optimiser state and normalisation statistics;
+    # matmuls and attention run in bf16 (about 1.4x faster per step on a CPU with AVX512-BF16).
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.precision == "bf16"
+                else contextlib.nullcontext())
     unnamed = int(round(settings.batch * settings.scrambled_command_fraction))
     informed = settings.batch - unnamed
     for step in range(settings.steps):
@@ -326,8 +340,11 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
             order, cursor = rng.permutation(len(data)), 0
         indices = order[cursor: cursor + informed]
         cursor += informed
-        cameras = rng.choice([1, 2, 3], size=settings.batch, p=settings.camera_count_probs)
-        lidar = rng.random(settings.batch) < settings.lidar_prob
+        # One sensor set-up per batch, so the prefix can leave out what no sample has (PrefixTrim).
+        camera_count = int(rng.choice([1, 2, 3], p=settings.camera_count_probs))
+        with_lidar = bool(rng.random() < settings.lidar_prob)
+        cameras = np.full(settings.batch, camera_count)
+        lidar = np.full(settings.batch, with_lidar)
         feeds = data.vision_feeds(indices, cameras[:informed], lidar[:informed])
         targets = data.actions[indices]
         if unnamed:
@@ -345,21 +362,22 @@ def train(policy: VlaPolicy, data: TrainingSet, settings: TrainSettings) -> Tupl
         feeds_t = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
         actions = torch.from_numpy(targets).repeat_interleave(draws, 0).to(device)
 
-        prefix_kv, prefix_mask, extras = policy.vision_engine.encode(
-            *(feeds_t[t.name] for t in engine_specs(policy.cfg)[VISION].inputs))
-        informed_extras = {"vit_tokens": extras["vit_tokens"][:informed],  # type: ignore[index]
-                           "layer_inputs": [x[:informed] for x in extras["layer_inputs"]]}  # type: ignore[union-attr]
-        aux_terms = auxiliary_loss(heads, informed_extras, data, indices, cameras[:informed], lidar[:informed],
-                                   policy.cfg)
-        aux_loss = sum(aux_terms.values())
-        prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
-        t = torch.rand(actions.shape[0], generator=generator).to(device)
-        noise = torch.randn(actions.shape, generator=generator).to(device)
-        x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-        clean = policy.action_expert.denoise(x_t, t, prefix_kv, prefix_mask)
-        flow_loss = (((clean - actions) / scale) ** 2).mean()
-        path_loss = trajectory_loss(clean, actions, scale)
-        loss = flow_loss + settings.trajectory_weight * path_loss + settings.aux_weight * aux_loss
+        trim = PrefixTrim(camera_count, with_lidar, int(feeds["text_mask"].sum(axis=1).max()))
+        with autocast:
+            prefix_kv, prefix_mask, extras = policy.vision_engine.encode(
+                *(feeds_t[t.name] for t in engine_specs(policy.cfg)[VISION].inputs), trim=trim)
+            informed_extras = {"vit_tokens": extras["vit_tokens"][:informed],  # type: ignore[index]
+                               "layer_inputs": [x[:informed] for x in extras["layer_inputs"]]}  # type: ignore[union-attr]
+            aux_terms = auxiliary_loss(heads, informed_extras, data, indices, trim, policy.cfg)
+            aux_loss = sum(aux_terms.values())
+            prefix_kv, prefix_mask = prefix_kv.repeat_interleave(draws, 0), prefix_mask.repeat_interleave(draws, 0)
+            t = torch.rand(actions.shape[0], generator=generator).to(device)
+            noise = torch.randn(actions.shape, generator=generator).to(device)
+            x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
+            clean = policy.action_expert.denoise(x_t, t, prefix_kv, prefix_mask, trimmed=True)
+            flow_loss = (((clean - actions) / scale) ** 2).mean()
+            path_loss = trajectory_loss(clean, actions, scale)
+            loss = flow_loss + settings.trajectory_weight * path_loss + settings.aux_weight * aux_loss
 
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, settings)
@@ -523,6 +541,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trajectory-weight", type=float, default=defaults.trajectory_weight)
     parser.add_argument("--scrambled-command-fraction", type=float, default=defaults.scrambled_command_fraction,
                         help="share of each batch whose command is scrambled, paired with a random other task's chunk")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="bf16: autocast matmuls and attention (float32 weights); fp32: everything in float32")
     parser.add_argument("--device", default=defaults.device,
                         help="torch device for training (the shipped policy is trained on cpu)")
     parser.add_argument("--eval-scenes", type=int, default=200)
@@ -541,7 +561,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,
                              steps=args.steps, batch=args.batch, lr=args.lr, trajectory_weight=args.trajectory_weight,
                              scrambled_command_fraction=args.scrambled_command_fraction,
-                             device=args.device)
+                             device=args.device, precision=args.precision)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, settings.threads)
