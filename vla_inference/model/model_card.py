@@ -57,6 +57,14 @@ def _scrambled_command_note(settings: Mapping[str, object]) -> str:
             " that names nothing it can read.")
 
 
+def _sensor_draw_note(settings: Mapping[str, object]) -> str:
+    """Older training records (before ``precision``) drew sensors per sample and trained in float32."""
+    if "precision" not in settings:
+        return ", per sample; float32"
+    return (f", once per batch so the prefix leaves out the tokens no sample has; {settings['precision']}"
+            " autocast (float32 weights and optimiser state)")
+
+
 def _minutes(seconds: object) -> str:
     return f"{float(seconds) / 60:.1f} min"  # type: ignore[arg-type]
 
@@ -160,7 +168,8 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         f"{settings['steps']} AdamW steps, batch {settings['batch']} observations x {settings['noise_draws']} noise"
         f" draws, peak lr {settings['lr']}, cosine schedule, EMA {settings['ema_decay']}, t ~ U(0, 1); camera"
         f" count drawn from 1/2/3 with probabilities {tuple(settings['camera_count_probs'])}, LiDAR present with"
-        f" probability {settings['lidar_prob']}. Besides the per-step x0 loss, a path loss (weight"
+        f" probability {settings['lidar_prob']}{_sensor_draw_note(settings)}. Besides the per-step x0 loss, a path"
+        " loss (weight"
         f" {settings.get('trajectory_weight', 0.0)}) on the cumulative end-effector positions: a bias of a"
         " millimetre per step is nearly free in the per-step loss yet moves the end point by 1.6 cm over 16"
         " steps; this term took held-out success from 46 % to 73 % in an otherwise equal GPU run."
