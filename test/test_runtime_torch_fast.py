@@ -113,7 +113,7 @@ def test_install_and_uninstall_touch_only_this_instance() -> None:
     fast.install()
     assert "_backbone" in vars(policy.vision_engine) and "_backbone" not in vars(other.vision_engine)
     assert all("forward" in vars(block) for block in policy.vision_engine.vit.blocks)
-    assert len(fast.patch_convs) == 2
+    assert len(fast.patch_convs) == 3  # ViT patches, LiDAR columns, LiDAR patches
     fast.uninstall()
     assert "_backbone" not in vars(policy.vision_engine)
     assert not any("forward" in vars(m) for m in list(policy.vision_engine.vit.blocks) + fast.patch_convs)

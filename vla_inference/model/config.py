@@ -31,6 +31,8 @@ class LidarConfig:
     patch_rows: int = 64
     patch_cols: int = 16
     max_range_m: float = 20.0
+    # Features per azimuth column (over ``patch_rows`` rows), before a patch's columns are combined.
+    column_width: int = 48
 
 
 @dataclass(frozen=True)

@@ -122,8 +122,9 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         f" blocks, {v.num_heads} heads, GELU-tanh MLP {v.mlp_dim}; projected to the backbone width, plus a"
         " learned per-camera embedding.",
         f"- LiDAR: {lidar.rows}x{lidar.cols} range image -> channels (range / {lidar.max_range_m:g} m, validity,"
-        " horizontal x and y of each return in the sensor frame in 2 m units, clipped) ->"
-        f" {lidar.patch_rows}x{lidar.patch_cols} patches ({cfg.lidar_tokens} column-strip tokens), learned positions.",
+        " horizontal x and y of each return in the sensor frame in 2 m units, clipped) -> per azimuth column,"
+        f" {lidar.column_width} features of its {lidar.patch_rows} rows through a GELU -> {lidar.patch_cols}-column"
+        f" patches ({cfg.lidar_tokens} column-strip tokens), learned positions.",
         f"- Text: byte tokenizer, {cfg.text_max_len} tokens with mask; a depthwise convolution over 7 neighbouring"
         " bytes gives each token word-level (n-gram) features. State: one token from"
         f" {cfg.state_dim} floats.",

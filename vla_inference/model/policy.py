@@ -320,8 +320,13 @@ class VisionEngine(nn.Module):
         # Channels: range / max_range, validity, and the return's horizontal position (x, y) in the
         # sensor frame, in units of LIDAR_NEAR_FIELD_M and clipped, so nearby geometry is linear in
         # the features. Directions follow ``project_to_range_image``'s pixel convention.
-        self.lidar_embed = nn.Conv2d(LIDAR_CHANNELS, b.width, kernel_size=(lidar.patch_rows, lidar.patch_cols),
-                                     stride=(lidar.patch_rows, lidar.patch_cols))
+        # Two stages: each azimuth column's beams -> ``column_width`` features through a GELU, then a
+        # patch's columns -> one token. The nonlinearity lets a column report where its nearest
+        # return lies (a pole in front of the table) rather than a linear mix of every return.
+        self.lidar_column = nn.Conv2d(LIDAR_CHANNELS, lidar.column_width, kernel_size=(lidar.patch_rows, 1),
+                                      stride=(lidar.patch_rows, 1))
+        self.lidar_embed = nn.Conv2d(lidar.column_width, b.width, kernel_size=(1, lidar.patch_cols),
+                                     stride=(1, lidar.patch_cols))
         elevation = torch.deg2rad(DEFAULT_FOV_UP_DEG - torch.arange(lidar.rows, dtype=torch.float32)
                                   * (DEFAULT_FOV_UP_DEG - DEFAULT_FOV_DOWN_DEG) / max(1, lidar.rows - 1))
         azimuth = math.pi * (1.0 - 2.0 * (torch.arange(lidar.cols, dtype=torch.float32) + 0.5) / lidar.cols)
@@ -392,13 +397,16 @@ class VisionEngine(nn.Module):
         tokens = [image_tokens]
         masks = [camera_mask[:, :, None].expand(batch, cameras, per_camera).reshape(batch, cameras * per_camera)]
         if with_lidar:
-            lidar_tokens = self.lidar_embed(self._lidar_features(lidar_range.to(dtype))).flatten(2).transpose(1, 2)
+            columns = F.gelu(self.lidar_column(self._lidar_features(lidar_range.to(dtype))), approximate="tanh")
+            lidar_tokens = self.lidar_embed(columns).flatten(2).transpose(1, 2)
             tokens.append(lidar_tokens + self.lidar_position)
             masks.append(lidar_mask[:, None].expand(batch, cfg.lidar_tokens))
         x = torch.cat(tokens + [text, state_token], dim=1)
         prefix_mask = torch.cat(masks + [text_mask, torch.ones_like(camera_mask[:, :1])], dim=1)
-        positions = None if trim is None else trim.positions(cfg).to(x.device)
-        prefix_kv, layer_inputs = self._backbone(x, prefix_mask, positions)
+        if trim is None:  # the serving path: the torch backend's fast path replaces ``_backbone`` (x, mask)
+            prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
+        else:
+            prefix_kv, layer_inputs = self._backbone(x, prefix_mask, trim.positions(cfg).to(x.device))
         return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
                                         "layer_inputs": layer_inputs}
 

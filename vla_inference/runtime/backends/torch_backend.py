@@ -375,7 +375,8 @@ class FastPolicy:
         # Prefix keys/values are served padded to a multiple of 16 (masked), for aligned GEMMs.
         self.prefix_len_padded = cfg.prefix_len + (-cfg.prefix_len) % 16
         self.vit_blocks = list(ve.vit.blocks)
-        self.patch_convs = [conv for conv in (ve.vit.patch_embed, ve.lidar_embed) if _is_patch_conv(conv)]
+        self.patch_convs = [conv for conv in (ve.vit.patch_embed, ve.lidar_column, ve.lidar_embed)
+                            if _is_patch_conv(conv)]
         with torch.no_grad():
             cos, sin = policy_module.rope_tables(torch.arange(cfg.prefix_len, device=device), b.head_dim, self.dtype)
             self.prefix_rope = (cos[:, None, :], sin[:, None, :])
