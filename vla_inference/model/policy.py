@@ -300,10 +300,6 @@ class PrefixTrim:
         return {"images": slice(0, images), "lidar": slice(images, lidar_end),
                 "text": slice(lidar_end, lidar_end + self.text_len)}
 
-    @staticmethod
-    def full(cfg: VlaConfig) -> "PrefixTrim":
-        return PrefixTrim(cfg.max_cameras, True, cfg.text_max_len)
-
 
 class VisionEngine(nn.Module):
     """Stage 1: observation -> per-layer prefix keys/values + prefix mask (the ``vision`` engine)."""

@@ -542,7 +542,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scrambled-command-fraction", type=float, default=defaults.scrambled_command_fraction,
                         help="share of each batch whose command is scrambled, paired with a random other task's chunk")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                        help="bf16: autocast matmuls and attention (float32 weights); fp32: everything in float32")
+                        help="bf16: autocast matmuls (float32 weights; fast on CPUs with AVX512-BF16 or AMX); "
+                             "fp32: everything in float32 (use it on CPUs without native bf16)")
     parser.add_argument("--device", default=defaults.device,
                         help="torch device for training (the shipped policy is trained on cpu)")
     parser.add_argument("--eval-scenes", type=int, default=200)
