@@ -169,6 +169,18 @@ def test_denoising_steps_parameter_is_live_and_range_checked(graph_factory):
     assert graph.infer(scene_request(4)).denoising_steps == 3
 
 
+def test_confidence_views_parameter_is_checked_and_fixed_once_configured(graph_factory):
+    graph = graph_factory(num_samples=4)
+    ok, reason = graph.set_parameter("confidence_views", "lidar")
+    assert not ok and "cameras" in reason
+    assert graph.set_parameter("confidence_views", "noise") == (True, "")
+    graph.bring_up()
+    assert graph.set_parameter("confidence_views", "cameras")[0] is False
+    noise = graph.infer(scene_request(1))
+    assert noise.status == InferenceResponse.STATUS_OK, noise.message
+    assert 0.0 <= noise.confidence <= 1.0
+
+
 def test_deadline_exceeded_still_carries_actions(graph_factory):
     graph = graph_factory(deadline_ms=1.0)
     graph.bring_up()

@@ -44,6 +44,28 @@ def test_action_scale_weighs_each_dimension_in_its_own_units() -> None:
         sample_dispersion(samples, action_scale=[1.0, 0.0])
 
 
+def test_path_dispersion_is_the_spread_of_the_cumulative_positions() -> None:
+    rng = np.random.default_rng(4)
+    samples = rng.standard_normal((4, 16, 8)) * 0.01
+    expected = math.sqrt(np.mean(np.var(np.cumsum(samples[:, :, :3], axis=1), axis=0, ddof=1)))
+    assert sample_dispersion(samples, path_dims=[0, 1, 2]) == pytest.approx(expected)
+    gripper_only = np.zeros((4, 16, 8))
+    gripper_only[:, :, 3] = rng.choice([-1.0, 1.0], size=(4, 16))
+    assert sample_dispersion(gripper_only, path_dims=[0, 1, 2]) == 0.0
+    with pytest.raises(ValueError, match="path_dims"):
+        sample_dispersion(samples, path_dims=[8])
+
+
+def test_a_small_steady_disagreement_counts_more_on_the_path_than_per_step() -> None:
+    """Two samples 1 mm/step apart end 16 mm apart: the path measure sees that, per step it is 1 mm."""
+    samples = np.zeros((2, 16, 3))
+    samples[1, :, 0] = 0.001
+    per_step = sample_dispersion(samples)
+    path = sample_dispersion(samples, path_dims=[0, 1, 2])
+    assert per_step == pytest.approx(0.001 / math.sqrt(2) / math.sqrt(3))
+    assert path > 5 * per_step
+
+
 def test_confidence_falls_as_samples_spread() -> None:
     rng = np.random.default_rng(1)
     base = rng.standard_normal((8, 16, 8))

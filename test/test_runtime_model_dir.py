@@ -115,3 +115,13 @@ def test_shipped_model_dir_is_found_on_a_host_without_ros(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == repo / "models" / "tiny"
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("path_dims", [0, 99]), ("path_dims", []), ("action_scale", [1.0, -1.0]), ("confidence_scale", 0.0)],
+)
+def test_bad_confidence_keys_name_the_manifest_and_the_key(model_copy: Path, key: str, value: object) -> None:
+    rewrite_manifest(model_copy, lambda data: data.update({key: value}))
+    with pytest.raises(ModelDirError, match=rf"{MANIFEST_NAME}: {key} "):
+        load_manifest(model_copy)

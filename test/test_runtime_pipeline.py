@@ -114,11 +114,11 @@ class PoisonedTokensBackend(OnnxRuntimeBackend):
     """Fault injection on a real session: the command "poison" reaches ONNX Runtime with token ids
     far outside the embedding table, so the runtime itself raises inside ``session.run``."""
 
-    def encode_prefix(self, feeds, slot):
+    def encode_prefix(self, feeds, slot, sample_rows=None):
         poison, _ = tokenize("poison", self.config.text_max_len)
         if np.array_equal(feeds["text_tokens"][0], poison):
             feeds = {**feeds, "text_tokens": feeds["text_tokens"] + 10**9}
-        return super().encode_prefix(feeds, slot)
+        return super().encode_prefix(feeds, slot, sample_rows)
 
 
 def test_runtime_exception_in_one_request_leaves_the_next_served(manifest: Manifest) -> None:

@@ -7,8 +7,9 @@ success when the end point is within ``SUCCESS_TOLERANCE_M`` of the ground-truth
 Backends: PyTorch fp32 (from ``policy.safetensors``) and ONNX Runtime for every precision in the
 manifest. The ONNX Runtime fp32 engines are also run with sensors removed (one camera; no LiDAR),
 to show what each modality is worth, and timed at batch 1 and 4. Finally the shipped pipeline's
-confidence (dispersion of ``DISPERSION_SAMPLES`` chunks) is scored against scrambled copies of
-held-out scenes (``runtime.confidence_eval``): the AUROC per scramble.
+confidence (spread of ``DISPERSION_SAMPLES`` chunks with camera views) is scored against scrambled
+copies of held-out scenes (``runtime.confidence_eval``): the AUROC per scramble, and the success of
+the mean chunk the pipeline answers with.
 """
 from __future__ import annotations
 
@@ -173,18 +174,6 @@ def score(predicted: np.ndarray, eval_set: EvalSet) -> Dict[str, float]:
     }
 
 
-def dispersion(sampler: Sampler, eval_set: EvalSet, steps: int, samples: int = DISPERSION_SAMPLES) -> np.ndarray:
-    """Per scene RMS std over ``samples`` chunks from different noise (the runtime's confidence input)."""
-    draws = [
-        _batched(sampler, eval_set, steps,
-                 np.stack([np.random.default_rng([int(s), 100 + k]).standard_normal(eval_set.noise.shape[1:])
-                           for s in eval_set.seeds]).astype(np.float32))
-        for k in range(samples)
-    ]
-    stacked = np.stack(draws, axis=1)
-    return np.sqrt(stacked.var(axis=1, ddof=1).mean(axis=(1, 2)))
-
-
 def measure_latency(policy: OrtPolicy, cfg: VlaConfig, batch: int, repeats: int = 20) -> Dict[str, float]:
     """Median wall time (ms) of one vision call and one expert call at ``batch``."""
     eval_set = build_eval_set(cfg, num_scenes=batch, seed_base=EVAL_SEED_BASE + 900_000)
@@ -238,16 +227,6 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
             ablated = with_sensors(eval_set, cameras, lidar)
             ablations[name] = score(_batched(reference.sample, ablated, steps), ablated)
         report["ablations_onnxruntime_fp32"] = ablations
-        log("sample dispersion")
-        full = dispersion(reference.sample, eval_set, steps)
-        blind = dispersion(reference.sample, with_sensors(eval_set, 3, False), steps)
-        report["dispersion"] = {
-            "all_sensors_median": float(np.median(full)),
-            "all_sensors_p95": float(np.percentile(full, 95)),
-            "no_lidar_median": float(np.median(blind)),
-            "no_lidar_p95": float(np.percentile(blind, 95)),
-        }
-    if reference is not None and with_ablations:
         log(f"confidence AUROC, real vs scrambled ({CONFIDENCE_SCENES} scenes)")
         report["confidence"] = confidence_auroc(model_dir, CONFIDENCE_SCENES, steps)
     if reference is not None and with_latency:
@@ -260,7 +239,9 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
 
 
 def confidence_auroc(model_dir: Path, num_scenes: int, steps: int) -> Dict[str, object]:
-    """AUROC of the served confidence (ONNX Runtime fp32 pipeline) for real vs scrambled scenes."""
+    """The served pipeline (ONNX Runtime fp32, K samples with camera views) on real and scrambled
+    scenes: AUROC of its confidence, its dispersions (``confidence_scale`` is the real p95) and the
+    success of the mean chunk it answers with."""
     from vla_inference.runtime.confidence_eval import evaluate_confidence
     from vla_inference.runtime.pipeline import InferencePipeline
 
@@ -270,8 +251,13 @@ def confidence_auroc(model_dir: Path, num_scenes: int, steps: int) -> Dict[str, 
     return {
         "scenes": num_scenes,
         "num_samples": DISPERSION_SAMPLES,
+        "confidence_views": result.confidence_views,
+        "served_success": result.real_success,
         "real_median": float(np.median(result.real_confidence)),
         "scrambled_median": {mode: float(np.median(v)) for mode, v in result.scrambled_confidence.items()},
+        "real_dispersion_median": float(np.median(result.real_dispersion)),
+        "real_dispersion_p95": float(np.percentile(result.real_dispersion, 95)),
+        "scrambled_dispersion_median": {mode: float(np.median(v)) for mode, v in result.scrambled_dispersion.items()},
         "auroc": dict(result.auroc),
     }
 
@@ -289,9 +275,10 @@ def format_report(report: Dict[str, object]) -> str:
         lines += ["", _table("sensors (ORT fp32)", report["ablations_onnxruntime_fp32"])]  # type: ignore[arg-type]
     if "confidence" in report:
         confidence: Dict[str, object] = report["confidence"]  # type: ignore[assignment]
-        lines += ["", f"confidence AUROC, real vs scrambled (ORT fp32, K={confidence['num_samples']}, "
-                      f"{confidence['scenes']} scenes; 0.5 = chance)",
-                  f"{'real':<22}median confidence {float(confidence['real_median']):.3f}"]  # type: ignore[arg-type]
+        lines += ["", f"confidence AUROC, real vs scrambled (served pipeline, ORT fp32, K={confidence['num_samples']}, "
+                      f"views {confidence['confidence_views']}, {confidence['scenes']} scenes; 0.5 = chance)",
+                  f"{'real':<22}median confidence {float(confidence['real_median']):.3f}"  # type: ignore[arg-type]
+                  f"   served mean-chunk success {100 * float(confidence['served_success']):.1f}%"]  # type: ignore[arg-type]
         for mode, value in confidence["auroc"].items():  # type: ignore[union-attr]
             median = float(confidence["scrambled_median"][mode])  # type: ignore[index]
             lines.append(f"{mode:<22}median confidence {median:.3f}   AUROC {value:.3f}")

@@ -82,7 +82,6 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
              "(limit 3)"
     )
     v, lidar, b, e = cfg.vision, cfg.lidar, cfg.backbone, cfg.expert
-    dispersion = report.get("dispersion", {})
     lines = [
         "# `tiny`: the shipped reference VLA policy",
         "",
@@ -213,26 +212,25 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         *[f"- {name}: {value:.2e}" for name, value in parity.items()],
         "",
     ]
-    if dispersion:
-        lines += [
-            "Sample dispersion (RMS per-element std over 4 noise draws, action units): all sensors median"
-            f" {dispersion['all_sensors_median']:.4f}, 95th percentile {dispersion['all_sensors_p95']:.4f};"
-            f" without LiDAR median {dispersion['no_lidar_median']:.4f}. The manifest's `confidence_scale` is"
-            " the all-sensors 95th percentile.",
-            "",
-        ]
     confidence = report.get("confidence")
     if confidence:
         scores: Dict[str, float] = confidence["auroc"]  # type: ignore[assignment]
         separated = [mode for mode, value in scores.items() if value >= SEPARATING_AUROC]
         confused = [mode for mode, value in scores.items() if value < SEPARATING_AUROC]
         lines += [
-            f"Confidence (the served K={confidence['num_samples']} dispersion score) on"
-            f" {confidence['scenes']} held-out scenes, real vs scrambled, AUROC (0.5 = chance): "
+            f"Confidence, as served: K={confidence['num_samples']} samples with camera views"
+            f" ({confidence['confidence_views']}; `runtime/sample_views.py`), scored by the spread of the path"
+            " they trace (`runtime/confidence.py`). Path dispersion (metres, RMS per-step std of the"
+            f" cumulative position) on real scenes: median {float(confidence['real_dispersion_median']):.4f},"
+            f" 95th percentile {float(confidence['real_dispersion_p95']):.4f} (the manifest's"
+            " `confidence_scale`); medians on scrambled scenes: "
+            + ", ".join(f"{mode} {value:.4f}"
+                        for mode, value in confidence["scrambled_dispersion_median"].items())  # type: ignore[union-attr]
+            + f". On {confidence['scenes']} held-out scenes, real vs scrambled, AUROC (0.5 = chance): "
             + ", ".join(f"{mode} {value:.2f}" for mode, value in scores.items())
             + f". AUROC >= {SEPARATING_AUROC}: {', '.join(separated) or 'none'}; below:"
-            f" {', '.join(confused) or 'none'} (see `runtime/confidence_eval.py` for why shuffled camera"
-            " patches are hard to tell from a real scene).",
+            f" {', '.join(confused) or 'none'}. The mean chunk the pipeline answers with reaches its goal in"
+            f" {100 * float(confidence['served_success']):.1f} % of these scenes.",
             "",
         ]
     lines += [

@@ -49,12 +49,15 @@ from vla_inference.model.policy import (
     load_policy,
     save_policy,
 )
-from vla_inference.runtime.manifest import write_manifest
+from vla_inference.runtime.manifest import load_manifest, write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
 from vla_inference.synthetic.scene import COLOR_NAMES
 
 PRECISIONS = ("fp32", "bf16")
 INT8_MAX_SUCCESS_DROP = 0.03
+# The synthetic task's end-effector position deltas: the served confidence measures the spread of
+# the path they trace (runtime.confidence).
+PATH_DIMS = (0, 1, 2)
 SHIP_LIMIT_BYTES = 30 * 1024 * 1024
 LOSS_CURVE_FILE = "loss_curve.png"
 EVAL_FILE = "eval.json"
@@ -454,8 +457,7 @@ def _directory_bytes(out_dir: Path, names: Sequence[str]) -> int:
 
 
 def ship_model_dir(policy: VlaPolicy, out: Path, training: Dict[str, object], eval_scenes: int) -> Dict[str, object]:
-    """Weights, fp32 + INT8 engines, parity, evaluation, manifest and model card for a trained
-    policy; INT8 stays only if its success is within ``INT8_MAX_SUCCESS_DROP`` of fp32.
+    """Weights, fp32 + INT8 engines, parity, then ``record_evaluation`` for a trained policy.
     ``training`` (settings, timings, losses) is completed and written as training.json."""
     started = time.perf_counter()
     cfg = policy.cfg
@@ -468,31 +470,37 @@ def ship_model_dir(policy: VlaPolicy, out: Path, training: Dict[str, object], ev
     int8 = quantize_int8(out, fp32)
     parity_errors = parity(policy, out, fp32)
     _log(f"parity (max abs error): {parity_errors}")
-    write_manifest(out, cfg, {"fp32": fp32, "int8": int8}, weights_file=WEIGHTS_FILE)
-
-    report = evaluate_model_dir(out, eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
-    results = report["results"]
-    drop = results["onnxruntime/fp32"]["success"] - results["onnxruntime/int8"]["success"]  # type: ignore[index]
-    ship_int8 = drop <= INT8_MAX_SUCCESS_DROP
-    engines = {"fp32": fp32}
-    if ship_int8:
-        engines["int8"] = int8
-    else:
-        _log(f"INT8 success is {100 * drop:.1f} points below fp32: not shipping it")
-        for filename in int8.values():
-            (out / filename).unlink()
-    dispersion_p95 = report.get("dispersion", {}).get("all_sensors_p95")  # type: ignore[union-attr]
-    extra = {"confidence_scale": max(float(dispersion_p95), 1e-4)} if dispersion_p95 else None
-    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=extra)
-
     training.update({
         "parameters": count_parameters(policy),
-        "packaging_seconds": time.perf_counter() - started,
         "parity_max_abs_error": parity_errors,
-        "int8_shipped": ship_int8,
-        "int8_success_drop_points": 100 * drop,
         "torch": torch.__version__,
     })
+    return record_evaluation(out, cfg, {"fp32": fp32, "int8": int8}, training, eval_scenes, started)
+
+
+def record_evaluation(out: Path, cfg: VlaConfig, engines: Dict[str, Dict[str, str]], training: Dict[str, object],
+                      eval_scenes: int, packaging_started: Optional[float] = None) -> Dict[str, object]:
+    """Evaluate the engines in ``out`` and write what depends on it: the manifest (with the served
+    confidence's keys, ``confidence_scale`` calibrated on real scenes), training.json, eval.json and
+    the model card. INT8 stays only if its success is within ``INT8_MAX_SUCCESS_DROP`` of fp32."""
+    confidence_keys: Dict[str, object] = {"path_dims": list(PATH_DIMS)}
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys)
+    report = evaluate_model_dir(out, eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
+    results = report["results"]
+    if "int8" in engines:
+        drop = results["onnxruntime/fp32"]["success"] - results["onnxruntime/int8"]["success"]  # type: ignore[index]
+        training.update({"int8_shipped": drop <= INT8_MAX_SUCCESS_DROP, "int8_success_drop_points": 100 * drop})
+        if drop > INT8_MAX_SUCCESS_DROP:
+            _log(f"INT8 success is {100 * drop:.1f} points below fp32: not shipping it")
+            for filename in engines.pop("int8").values():
+                (out / filename).unlink()
+    dispersion_p95 = report.get("confidence", {}).get("real_dispersion_p95")  # type: ignore[union-attr]
+    if dispersion_p95:
+        confidence_keys["confidence_scale"] = max(float(dispersion_p95), 1e-4)
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys)
+
+    if packaging_started is not None:
+        training["packaging_seconds"] = time.perf_counter() - packaging_started
     training["total_seconds"] = sum(float(training[k]) for k in ("data_seconds", "train_seconds", "packaging_seconds"))
     (out / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
     (out / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
@@ -549,15 +557,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="torch device for training (the shipped policy is trained on cpu)")
     parser.add_argument("--eval-scenes", type=int, default=200)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/vla_synthetic_cache"))
-    parser.add_argument("--repackage", action="store_true",
-                        help="skip training: re-export, re-quantise and re-evaluate <out>/policy.safetensors")
+    redo = parser.add_mutually_exclusive_group()
+    redo.add_argument("--repackage", action="store_true",
+                      help="skip training: re-export, re-quantise and re-evaluate <out>/policy.safetensors")
+    redo.add_argument("--reevaluate", action="store_true",
+                      help="skip training and export: re-evaluate <out>'s engines, rewrite its manifest keys, "
+                           "eval.json and model card (after a change to evaluation or the served confidence)")
     args = parser.parse_args(argv)
     torch.set_num_threads(defaults.threads)
     cfg: VlaConfig = tiny()
-    if args.repackage:
+    if args.repackage or args.reevaluate:
         training = json.loads((args.out / TRAINING_FILE).read_text())
-        policy = load_policy(args.out / WEIGHTS_FILE, cfg)
-        report = ship_model_dir(policy, args.out, training, args.eval_scenes)
+        if args.repackage:
+            report = ship_model_dir(load_policy(args.out / WEIGHTS_FILE, cfg), args.out, training, args.eval_scenes)
+        else:
+            engines = {precision: {name: f.path.name for name, f in files.items()}
+                       for precision, files in load_manifest(args.out).engines.items()}
+            report = record_evaluation(args.out, cfg, engines, training, args.eval_scenes)
         return print_summary(args.out, training, report)
 
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,

@@ -32,6 +32,7 @@ from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 from vla_inference.runtime.manifest import shipped_model_dir
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 from vla_inference.serving.inference_server import InferenceServer, Reply, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 
@@ -40,8 +41,9 @@ RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
 AT_CONFIGURE = (
     "backend", "model_dir", "precision", "device", "engine_cache_dir", "intra_op_threads", "camera_names",
-    "image_resize_mode", "num_samples", "pipelining",
+    "image_resize_mode", "num_samples", "confidence_views", "pipelining",
 )
+CHOICES = {"backend": BACKENDS, "image_resize_mode": RESIZE_MODES, "confidence_views": CONFIDENCE_VIEWS}
 SERVICE_TIMEOUT_S = 60.0
 
 
@@ -86,6 +88,9 @@ class InferenceNode(LifecycleNode):
                 + unconfigured, choices=RESIZE_MODES)
         declare(self, "num_samples", 4, "Action chunks sampled per request (one batch); their spread gives the "
                 "confidence (at least 2, so there is a spread to measure)." + unconfigured, int_range=(2, 32))
+        declare(self, "confidence_views", "cameras", "What the samples differ in besides their noise: cameras "
+                "(sample k sees the first k % C cameras, all when 0; the torch backend on cuda cannot) or noise."
+                + unconfigured, choices=CONFIDENCE_VIEWS)
         declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising."
                 + unconfigured)
         declare(self, "denoising_steps", 10, "Euler steps of the action expert; a request's non-zero "
@@ -105,11 +110,9 @@ class InferenceNode(LifecycleNode):
             if param.name in AT_CONFIGURE and self._pipeline is not None:
                 return SetParametersResult(successful=False,
                                            reason=f"{param.name} applies at configure: clean up the node first")
-            if param.name == "backend" and param.value not in BACKENDS:
-                return SetParametersResult(successful=False, reason=f"backend: expected one of {list(BACKENDS)}")
-            if param.name == "image_resize_mode" and param.value not in RESIZE_MODES:
-                return SetParametersResult(successful=False,
-                                           reason=f"image_resize_mode: expected one of {list(RESIZE_MODES)}")
+            choices = CHOICES.get(param.name)
+            if choices is not None and param.value not in choices:
+                return SetParametersResult(successful=False, reason=f"{param.name}: expected one of {list(choices)}")
             if param.name == "camera_names" and not param.value:
                 return SetParametersResult(successful=False, reason="camera_names: at least one camera")
         if self._server is not None:
@@ -177,6 +180,7 @@ class InferenceNode(LifecycleNode):
             backend,
             manifest.config,
             num_samples=int(self._param("num_samples")),
+            confidence_views=self._param("confidence_views"),
             pipelining=bool(self._param("pipelining")),
             owns_backend=True,
         )

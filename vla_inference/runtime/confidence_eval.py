@@ -9,18 +9,18 @@ it; the AUROC of "real scores above scrambled" is reported per scramble (1.0 = a
 * ``all``: both, plus the LiDAR sweep rolled by a random number of columns;
 * ``lidar_dropped``: the LiDAR sweep removed (a missing modality rather than a corrupted one).
 
-On the shipped tiny policy, dropped LiDAR separates well (AUROC 0.84); scrambled cameras or text do
-not (0.49-0.55): scrambling moves the chunk's end point by 10-20 cm, yet the K samples stay as tight
-as on real scenes. The policy is confidently wrong off its training distribution. ``patches`` is
-the hardest case by construction: its tiles are the ViT's own 32-pixel patches, so every cube stays
-whole in some tile and each camera still shows a plausible table, only with the cubes moved.
+The samples differ in noise and in the cameras they see (``runtime.sample_views``); the spread is
+measured on the path they trace (``runtime.confidence``). On the shipped tiny policy (K=4, 100
+scenes) that separates every scramble: see its model card. With noise alone (``confidence_views=
+"noise"``) only the dropped LiDAR did (AUROC 0.84-0.90; cameras and text 0.49-0.56): scrambling
+moves the chunk's end point by 10-20 cm, yet noise draws stay as tight as on real scenes, because
+the policy is confidently wrong off its training distribution. Camera views expose it: shuffled
+tiles or an unreadable command send each camera set to its own guess, while a consistent scene
+looks alike from all of them.
 
-Training can teach the flow to spread its samples for an unreadable command
-(``train --scrambled-command-fraction``): with 1/16 of each batch, on the CPU budget, the text and
-all-input AUROC rose to 0.79 and 0.82, but task success fell from 78 % to 66 %; with 1/32 no
-separation was learnt. Scrambling the cameras too (tried in GPU runs) cost more success and did not
-lift the ``patches`` AUROC above 0.6. The shipped policy is trained without it; the model card
-records its numbers.
+Training can also teach the flow to spread its samples for an unreadable command
+(``train --scrambled-command-fraction``), at a cost in task success (measured in ``train.py``);
+the shipped policy is trained without it.
 
 ``evaluate_confidence`` is what ``vla-eval`` calls; ``python -m vla_inference.runtime.confidence_eval``
 prints the same report.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import string
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,7 @@ import numpy as np
 from vla_inference.runtime.confidence import auroc
 from vla_inference.runtime.observation import Observation
 from vla_inference.runtime.pipeline import InferencePipeline
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 
 SCRAMBLES = ("patches", "text", "all", "lidar_dropped")
 
@@ -84,14 +86,19 @@ class ConfidenceReport:
     scenes: int
     steps: int
     num_samples: int
+    confidence_views: str
     real_confidence: List[float]
     scrambled_confidence: Dict[str, List[float]]
+    real_dispersion: List[float]
+    scrambled_dispersion: Dict[str, List[float]]
+    real_success: float = math.nan  # the served mean chunks of the real scenes that reach their goal
     auroc: Dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"confidence AUROC, real vs scrambled ({self.scenes} scenes, {self.steps} steps, "
-                 f"K={self.num_samples}; 1.0 = real always more confident, 0.5 = chance)"]
-        lines.append(f"  {'real':<14} median confidence {np.median(self.real_confidence):.3f}")
+                 f"K={self.num_samples}, views {self.confidence_views}; 1.0 = real always more confident, 0.5 = chance)"]
+        lines.append(f"  {'real':<14} median confidence {np.median(self.real_confidence):.3f}   "
+                     f"served mean-chunk success {100 * self.real_success:.1f}%")
         for mode, values in self.scrambled_confidence.items():
             lines.append(f"  {mode:<14} median confidence {np.median(values):.3f}   AUROC {self.auroc[mode]:.3f}")
         return "\n".join(lines)
@@ -108,23 +115,28 @@ def evaluate_confidence(
 ) -> ConfidenceReport:
     """Serve ``scenes`` held-out synthetic scenes real and scrambled; AUROC per scramble mode."""
     from vla_inference.synthetic import eval_scenes, make_observation
+    from vla_inference.synthetic.scene import chunk_goal, is_success, simulate
 
     if pipeline.num_samples < 2:
         raise ValueError("confidence needs num_samples >= 2")
     rng = np.random.default_rng(seed)
     patch = pipeline.cfg.vision.patch_size
-    real: List[float] = []
-    scrambled: Dict[str, List[float]] = {mode: [] for mode in modes}
+    report = ConfidenceReport(scenes, steps, pipeline.num_samples, pipeline.confidence_views, [],
+                              {mode: [] for mode in modes}, [], {mode: [] for mode in modes})
+    successes: List[bool] = []
     for index, scene in enumerate(eval_scenes(scenes)):
         observation = make_observation(scene, cameras, with_lidar)
         futures = [pipeline.submit(observation, steps, seed=index)]
         futures += [pipeline.submit(scramble(observation, mode, patch, rng), steps, seed=index) for mode in modes]
-        results = [f.result().confidence for f in futures]
-        real.append(results[0])
-        for mode, value in zip(modes, results[1:]):
-            scrambled[mode].append(value)
-    report = ConfidenceReport(scenes, steps, pipeline.num_samples, real, scrambled)
-    report.auroc = {mode: auroc(real, values) for mode, values in scrambled.items()}
+        results = [f.result() for f in futures]
+        successes.append(is_success(simulate(scene.ee_start, results[0].actions), chunk_goal(scene)))
+        report.real_confidence.append(results[0].confidence)
+        report.real_dispersion.append(results[0].dispersion)
+        for mode, result in zip(modes, results[1:]):
+            report.scrambled_confidence[mode].append(result.confidence)
+            report.scrambled_dispersion[mode].append(result.dispersion)
+    report.real_success = float(np.mean(successes))
+    report.auroc = {mode: auroc(report.real_confidence, values) for mode, values in report.scrambled_confidence.items()}
     return report
 
 
@@ -135,13 +147,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=4)
+    parser.add_argument("--confidence-views", choices=CONFIDENCE_VIEWS, default="cameras",
+                        help="what the samples differ in besides noise (runtime.sample_views)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
     from vla_inference.runtime.manifest import shipped_model_dir
 
     model_dir = args.model_dir or shipped_model_dir()
-    with InferencePipeline.from_model_dir(model_dir, backend=args.backend, num_samples=args.num_samples) as pipeline:
+    with InferencePipeline.from_model_dir(model_dir, backend=args.backend, num_samples=args.num_samples,
+                                          confidence_views=args.confidence_views) as pipeline:
         report = evaluate_confidence(pipeline, args.scenes, args.steps, seed=args.seed)
     print(report.summary())
     if args.json:

@@ -164,7 +164,27 @@ def load_manifest(model_dir: Path, verify_checksums: bool = True) -> Manifest:
             engines[precision][name] = EngineFile(file_path, specs[name], record["sha256"])
     if not engines:
         raise ModelDirError(f"{path}: lists no engines")
+    _check_confidence_keys(path, raw, cfg)
     return Manifest(model_dir, cfg, engines, raw)
+
+
+def _check_confidence_keys(path: Path, raw: Mapping[str, object], cfg: VlaConfig) -> None:
+    """The optional keys ``runtime.confidence`` reads must fit the action dimension."""
+    dims = raw.get("path_dims")
+    if dims is not None and (
+        not isinstance(dims, list) or not dims
+        or not all(isinstance(d, int) and 0 <= d < cfg.action_dim for d in dims)
+    ):
+        raise ModelDirError(f"{path}: path_dims {dims!r}: expected action dimensions in [0, {cfg.action_dim})")
+    scale = raw.get("action_scale")
+    if scale is not None and (
+        not isinstance(scale, list) or len(scale) != cfg.action_dim
+        or not all(isinstance(v, (int, float)) and v > 0 for v in scale)
+    ):
+        raise ModelDirError(f"{path}: action_scale {scale!r}: expected {cfg.action_dim} positive numbers")
+    confidence_scale = raw.get("confidence_scale")
+    if confidence_scale is not None and not (isinstance(confidence_scale, (int, float)) and confidence_scale > 0):
+        raise ModelDirError(f"{path}: confidence_scale {confidence_scale!r}: expected a positive number")
 
 
 def _check_io(path: Path, precision: str, name: str, record: Mapping[str, object], spec: EngineSpec) -> None:

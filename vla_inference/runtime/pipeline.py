@@ -13,8 +13,13 @@ Stage-1 outputs are double-buffered: a request takes one of two prefix slots bef
 pass and gives it back once denoised, so a backend with static device buffers never overwrites a
 prefix that is still being read, and at most one request waits between the stages.
 
+Confidence: the K samples of a request differ in their noise and, with ``confidence_views=
+"cameras"`` (the default), in the camera view they see (``runtime.sample_views``): stage 1 encodes
+one prefix per distinct view, stage 2 denoises all K samples in one batch, each on its view's
+prefix. The response is their mean and a confidence from their spread (``runtime.confidence``).
+
 Determinism: the K noise draws of a request come from ``numpy.random.default_rng(seed)`` (standard
-normal, float32, shape [K, H, D]) and each request's arithmetic is independent of its neighbours,
+normal, float32, shape [K, H, D]; sample k starts from draw ``views.noise_draws[k]``) and each request's arithmetic is independent of its neighbours,
 so pipelined results equal sequential ones bit for bit on a CPU.
 
 Failures stay with their request: an exception in either stage is set on that request's future
@@ -39,6 +44,7 @@ from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
 from vla_inference.runtime.flow import flow_schedule
 from vla_inference.runtime.manifest import load_manifest
 from vla_inference.runtime.observation import Observation, vision_feeds
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, plan_views, view_observations
 
 LOG = logging.getLogger(__name__)
 
@@ -66,6 +72,7 @@ class ActionChunk:
     confidence: float  # in [0, 1] (NaN when K == 1), see vla_inference.runtime.confidence
     dispersion: float
     samples: np.ndarray  # float32 [K, H, D]
+    views: SampleViews  # the camera view each sample saw
     steps: int
     seed: int
     timings: StageTimings
@@ -82,6 +89,7 @@ class _Request:
     noise: Optional[np.ndarray] = None
     prefix: Any = None
     slot: Optional[int] = None
+    views: Optional[SampleViews] = None
 
 
 def sample_noise(seed: int, num_samples: int, horizon: int, action_dim: int) -> np.ndarray:
@@ -108,6 +116,7 @@ class InferencePipeline:
         pipelining: bool = True,
         warmup_runs: int = 2,
         confidence_scale: Optional[float] = None,
+        confidence_views: str = "cameras",
         owns_backend: bool = False,
     ) -> None:
         if cfg is not None and cfg != backend.config:
@@ -116,13 +125,20 @@ class InferencePipeline:
             )
         if num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, received {num_samples}")
+        if confidence_views not in CONFIDENCE_VIEWS:
+            raise ValueError(f"confidence_views: expected one of {CONFIDENCE_VIEWS}, received {confidence_views!r}")
+        if confidence_views == "cameras" and not backend.supports_sample_views:
+            raise ValueError(f"confidence_views: backend {backend.name!r} on {backend.device} gives all samples "
+                             "one prefix, so it cannot serve 'cameras'; use 'noise'")
         self.backend = backend
         self.cfg = backend.config
         self.num_samples = num_samples
         self.pipelining = pipelining
+        self.confidence_views = confidence_views
         recorded_scale = backend.manifest.raw.get("confidence_scale", DEFAULT_SCALE)
         self.confidence_scale = float(confidence_scale if confidence_scale is not None else recorded_scale)
         self.action_scale = backend.manifest.raw.get("action_scale")
+        self.path_dims = backend.manifest.raw.get("path_dims")
         self._owns_backend = owns_backend
         self._closed = False
         self._lock = threading.Lock()
@@ -157,7 +173,7 @@ class InferencePipeline:
 
         Keyword arguments go to the pipeline when they name one of its parameters, else to the backend.
         """
-        pipeline_keys = {"cfg", "num_samples", "pipelining", "warmup_runs", "confidence_scale"}
+        pipeline_keys = {"cfg", "num_samples", "pipelining", "warmup_runs", "confidence_scale", "confidence_views"}
         pipeline_kwargs = {k: v for k, v in kwargs.items() if k in pipeline_keys}
         backend_kwargs = {k: v for k, v in kwargs.items() if k not in pipeline_keys}
         runner = create_backend(backend, load_manifest(Path(model_dir)), precision=precision, **backend_kwargs)
@@ -220,13 +236,16 @@ class InferencePipeline:
         """Preprocess (validate, normalise, tokenise, draw noise) and run the vision engine."""
         marks = request.marks
         marks["stage1_start"] = time.perf_counter()
-        feeds = vision_feeds([request.observation], self.cfg)
-        request.noise = sample_noise(request.seed, self.num_samples, self.cfg.action_horizon, self.cfg.action_dim)
+        request.observation.validate(self.cfg)
+        request.views = plan_views(self.confidence_views, len(request.observation.images), self.num_samples)
+        feeds = vision_feeds(view_observations(request.observation, request.views), self.cfg)
+        draws = sample_noise(request.seed, self.num_samples, self.cfg.action_horizon, self.cfg.action_dim)
+        request.noise = draws[list(request.views.noise_draws)]
         marks["preprocessed"] = time.perf_counter()
         request.slot = self._free_slots.get()
         marks["vision_start"] = time.perf_counter()
         try:
-            request.prefix = self.backend.encode_prefix(feeds, request.slot)
+            request.prefix = self.backend.encode_prefix(feeds, request.slot, request.views.sample_rows)
         except BaseException:
             self._release_slot(request)
             raise
@@ -243,10 +262,12 @@ class InferencePipeline:
         marks["denoise_end"] = time.perf_counter()
         if not np.isfinite(samples).all():
             raise InferenceError(f"backend {self.backend.name!r} produced NaN/Inf actions")
-        actions, confidence, dispersion = summarize_samples(samples, self.confidence_scale, self.action_scale)
+        actions, confidence, dispersion = summarize_samples(samples, self.confidence_scale, self.action_scale,
+                                                            self.path_dims)
         done = time.perf_counter()
         timings = _timings(request.submitted, marks, done)
-        return ActionChunk(actions, confidence, dispersion, samples, request.steps, request.seed, timings)
+        return ActionChunk(actions, confidence, dispersion, samples, request.views, request.steps, request.seed,
+                           timings)
 
     def _release_slot(self, request: _Request) -> None:
         request.prefix = None

@@ -6,8 +6,10 @@ A backend serves the two engines of one model directory (``vision`` and ``action
 * ``load()`` / ``infer(engine_name, feeds)`` / ``release()``: the runner. ``infer`` checks the feeds
   against the manifest's tensor specs (names, shapes, dtypes, finiteness) before the runtime sees
   them, so a bad tensor is named instead of crashing inside a kernel.
-* ``prepare(num_samples, slots)`` / ``encode_prefix(feeds, slot)`` / ``denoise(prefix, noise, steps)``:
-  the two stages ``InferencePipeline`` drives. The defaults here run the Euler loop on the host
+* ``prepare(num_samples, slots)`` / ``encode_prefix(feeds, slot, sample_rows)`` /
+  ``denoise(prefix, noise, steps)``: the two stages ``InferencePipeline`` drives. Stage 1's feeds
+  hold one row per camera view of the request (``runtime.sample_views``) and ``sample_rows[k]``
+  names the row sample k denoises on. The defaults here run the Euler loop on the host
   through ``infer``; GPU backends override them to keep tensors on the device, replay CUDA graphs
   and put the stages on separate streams. ``slot`` names one of ``slots`` prefix buffers, so a
   backend with static device buffers can double-buffer the prefix while the next request's
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Mapping, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -42,7 +44,7 @@ class InferenceError(RuntimeError):
 
 @dataclass
 class HostPrefix:
-    """Stage-1 output kept in host memory, already repeated to the sample batch (K)."""
+    """Stage-1 output kept in host memory, one row per sample (K), taken from its view's row."""
 
     prefix_kv: np.ndarray
     prefix_mask: np.ndarray
@@ -127,14 +129,33 @@ class Backend(abc.ABC):
             raise ValueError(f"num_samples and slots must be >= 1, received {num_samples}, {slots}")
         self.num_samples = num_samples
 
-    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int) -> Any:
-        """Stage 1: vision engine on a batch-1 observation, prefix repeated K times (once per request)."""
+    @property
+    def supports_sample_views(self) -> bool:
+        """Whether samples of one request may read different view rows (False: all share row 0)."""
+        return True
+
+    def check_sample_rows(self, feeds: Mapping[str, np.ndarray], sample_rows: Optional[Sequence[int]]) -> np.ndarray:
+        """``sample_rows`` as an index array [K] into the feeds' view rows (all 0 when None)."""
+        views = int(feeds["images"].shape[0])
+        if sample_rows is None:
+            sample_rows = [0] * self.num_samples
+        rows = np.asarray(sample_rows, dtype=np.int64)
+        if rows.shape != (self.num_samples,) or rows.min() < 0 or rows.max() >= views:
+            raise ValueError(f"sample_rows: expected {self.num_samples} rows in [0, {views}), received {rows.tolist()}")
+        if views > 1 and not self.supports_sample_views:
+            raise ValueError(f"backend {self.name!r} on {self.device} shares one prefix among its samples: "
+                             f"received {views} view rows (use confidence_views 'noise')")
+        return rows
+
+    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int,
+                      sample_rows: Optional[Sequence[int]] = None) -> Any:
+        """Stage 1: the vision engine on the request's view rows, then each sample's row (once per request)."""
         check_inputs(self.specs[VISION], feeds)
+        rows = self.check_sample_rows(feeds, sample_rows)
         out = self._infer(VISION, feeds)
         if not np.isfinite(out["prefix_kv"]).all():
             raise InferenceError(f"backend {self.name!r}: the vision engine produced NaN/Inf in prefix_kv")
-        k = self.num_samples
-        return HostPrefix(np.repeat(out["prefix_kv"], k, axis=0), np.repeat(out["prefix_mask"], k, axis=0))
+        return HostPrefix(np.take(out["prefix_kv"], rows, axis=0), np.take(out["prefix_mask"], rows, axis=0))
 
     def denoise(self, prefix: Any, noise: np.ndarray, steps: int) -> np.ndarray:
         """Stage 2: Euler-integrate ``noise`` [K, H, D] from t=1 to t=0; returns float32 [K, H, D]."""

@@ -14,8 +14,8 @@ those builds run the FP16 fallback that ``precision_flags`` enables with them.
 
 At run time every engine/profile pair has its own execution context with device buffers and
 pinned host buffers allocated once, input shapes and tensor addresses set once. Stage 1 runs on a
-normal-priority stream and repeats the prefix K times into one of two device slots (device to
-device copies); stage 2 runs on the highest-priority stream: the action expert and a small
+normal-priority stream, one batch row per camera view of the request, and copies each sample's
+view row into one of two device slots of K rows (device to device copies); stage 2 runs on the highest-priority stream: the action expert and a small
 TensorRT network for the Euler update ``x + dt * v`` alternate on device, reading the flow times
 from a device schedule, so the loop enqueues work without host synchronisation and only the final
 chunk is copied back.
@@ -26,7 +26,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -196,8 +196,8 @@ class TensorRTBackend(Backend):
 
     # -- build / load ---------------------------------------------------------------------------
     def _batch_sizes(self, engine_name: str) -> Tuple[int, ...]:
-        if engine_name == VISION:
-            return (1,)
+        if engine_name == VISION:  # one row per camera view of a request (runtime.sample_views)
+            return tuple(range(1, min(self.config.max_cameras, self.num_samples) + 1))
         return tuple(sorted({1, self.num_samples}))
 
     def _plan_key(self, engine_name: str, source: str, precision: str, batch_sizes: Tuple[int, ...]) -> PlanKey:
@@ -367,9 +367,14 @@ class TensorRTBackend(Backend):
             return {b.name: b.host.array.copy() for b in outputs}
 
     # -- pipeline stages ------------------------------------------------------------------------
-    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int) -> DevicePrefix:
-        check_inputs(self.specs[VISION], feeds)
-        ctx = self._contexts[VISION][1]
+    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int,
+                      sample_rows: Optional[Sequence[int]] = None) -> DevicePrefix:
+        views = check_inputs(self.specs[VISION], feeds)
+        rows = self.check_sample_rows(feeds, sample_rows)
+        if views not in self._contexts[VISION]:
+            raise ValueError(f"{VISION}: {views} view rows have no optimization profile "
+                             f"(built: {sorted(self._contexts[VISION])})")
+        ctx = self._contexts[VISION][views]
         stream = self._streams[VISION]
         target = self._slots[slot]
         with ctx.lock:
@@ -380,8 +385,9 @@ class TensorRTBackend(Backend):
             ctx.execute(stream)
             for name, buffer in (("prefix_kv", target.prefix_kv), ("prefix_mask", target.prefix_mask)):
                 source = ctx.bindings[name].device
-                for k in range(self.num_samples):
-                    cu.copy_dtod(buffer.ptr + k * source.nbytes, source.ptr, source.nbytes, stream)
+                row_bytes = source.nbytes // views
+                for k, row in enumerate(rows):
+                    cu.copy_dtod(buffer.ptr + k * row_bytes, source.ptr + int(row) * row_bytes, row_bytes, stream)
             target.ready.record(stream)
             target.ready.synchronize()
         return DevicePrefix(slot)

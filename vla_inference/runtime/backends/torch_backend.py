@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -831,10 +831,17 @@ class TorchBackend(Backend):
             out = fn()
         return graph, out
 
-    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int) -> Any:
+    @property
+    def supports_sample_views(self) -> bool:
+        """On CUDA the K samples share one prefix buffer (the fast path's design): one view only."""
+        return self._device != "cuda"
+
+    def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int,
+                      sample_rows: Optional[Sequence[int]] = None) -> Any:
         if self._device != "cuda":
-            return super().encode_prefix(feeds, slot)
+            return super().encode_prefix(feeds, slot, sample_rows)
         check_inputs(self.specs[VISION], feeds)
+        self.check_sample_rows(feeds, sample_rows)
         static = self._static
         stream = self._streams[VISION]
         target = self._slots[slot]

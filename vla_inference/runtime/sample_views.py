@@ -1,0 +1,59 @@
+"""Which cameras each of a request's K samples sees: the confidence's second source of spread.
+
+Noise alone is a weak witness. A flow policy trained on one answer per scene maps every noise draw
+to nearly the same chunk, even when the scene makes no sense (shuffled camera images, a command
+that names nothing): the K chunks agree and the confidence stays high (shipped tiny policy, noise
+only: AUROC 0.5-0.6 against those scrambles). Camera views make the samples disagree when the
+inputs do. A policy trained with cameras left out answers a consistent scene alike from any of the
+camera sets it was trained on, while shuffled images, or a command the policy cannot read, send each
+camera set to its own guess.
+
+``cameras`` mode, for a request with C cameras: sample ``k`` sees view ``k % C`` and noise draw
+``k // C``, where view 0 is all C cameras and view ``c > 0`` the first ``c`` (the camera sets the
+policy was trained on: cameras 0..c-1, see ``train.camera_count_probs``). So sample 0 is always
+the full observation, the vision pass runs once per distinct view (min(C, K) rows, not K), and
+the samples come in groups of C that share one noise draw: inside a group only the view differs,
+so camera disagreement is not drowned by noise, while the groups differ in noise, so the spread
+the noise alone shows (a missing LiDAR) still counts. Measured on the shipped tiny policy (150
+held-out scenes, K=4, AUROC real vs scrambled for patches / text / all / LiDAR dropped): noise
+only 0.62 / 0.55 / 0.64 / 0.84; every sample its own noise 0.93 / 0.80 / 0.93 / 0.89; noise groups
+0.96 / 0.85 / 0.96 / 0.80 (path spread, ``runtime.confidence``).
+
+``noise`` mode, or a single camera: every sample sees all cameras and draws its own noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Tuple
+
+from vla_inference.runtime.observation import Observation
+
+CONFIDENCE_VIEWS = ("cameras", "noise")
+
+
+@dataclass(frozen=True)
+class SampleViews:
+    """``camera_counts[r]``: cameras in view row r (row 0 = all of them); ``sample_rows[k]``: the row
+    sample k reads its prefix from; ``noise_draws[k]``: which of the request's K noise draws it starts from."""
+
+    camera_counts: Tuple[int, ...]
+    sample_rows: Tuple[int, ...]
+    noise_draws: Tuple[int, ...]
+
+
+def plan_views(mode: str, cameras: int, num_samples: int) -> SampleViews:
+    """The view rows and each sample's row for a request with ``cameras`` cameras."""
+    if mode not in CONFIDENCE_VIEWS:
+        raise ValueError(f"confidence_views: expected one of {CONFIDENCE_VIEWS}, received {mode!r}")
+    if cameras < 1 or num_samples < 1:
+        raise ValueError(f"cameras and num_samples must be >= 1, received {cameras}, {num_samples}")
+    if mode == "noise" or cameras == 1:
+        return SampleViews((cameras,), (0,) * num_samples, tuple(range(num_samples)))
+    rows = tuple(k % cameras for k in range(num_samples))
+    counts = tuple(cameras if row == 0 else row for row in range(max(rows) + 1))
+    return SampleViews(counts, rows, tuple(k // cameras for k in range(num_samples)))
+
+
+def view_observations(observation: Observation, views: SampleViews) -> List[Observation]:
+    """One observation per view row: the same inputs with only that view's cameras."""
+    return [replace(observation, images=list(observation.images[:count])) for count in views.camera_counts]
