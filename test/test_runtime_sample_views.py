@@ -11,7 +11,7 @@ from vla_inference.runtime.confidence_eval import evaluate_confidence
 from vla_inference.runtime.manifest import Manifest, load_manifest, shipped_model_dir
 from vla_inference.runtime.observation import vision_feeds
 from vla_inference.runtime.pipeline import InferencePipeline
-from vla_inference.runtime.sample_views import SampleViews, plan_views, view_observations
+from vla_inference.runtime.sample_views import SampleViews, plan_views, view_feeds
 from vla_inference.synthetic import eval_scenes, make_observation
 
 
@@ -47,6 +47,19 @@ def test_bad_view_requests_are_named() -> None:
         plan_views("cameras", 0, 4)
 
 
+def test_view_rows_equal_the_feeds_of_observations_with_fewer_cameras(manifest: Manifest) -> None:
+    cfg = manifest.config
+    observation = make_observation(next(iter(eval_scenes(1))), 3, True)
+    views = plan_views("cameras", 3, 4)
+    rows = view_feeds(vision_feeds([observation], cfg), views)
+    expected = vision_feeds([replace(observation, images=observation.images[:c]) for c in views.camera_counts], cfg)
+    assert rows.keys() == expected.keys()
+    for name in rows:
+        np.testing.assert_array_equal(rows[name], expected[name], err_msg=name)
+    with pytest.raises(ValueError, match="batch 1"):
+        view_feeds(rows, views)
+
+
 def test_each_sample_denoises_on_the_prefix_of_its_own_view(manifest: Manifest) -> None:
     cfg = manifest.config
     observation = make_observation(next(iter(eval_scenes(1))), 3, True)
@@ -54,15 +67,12 @@ def test_each_sample_denoises_on_the_prefix_of_its_own_view(manifest: Manifest) 
     backend = create_backend("onnxruntime", manifest)
     with backend:
         backend.prepare(4, 1)
-        prefix = backend.encode_prefix(vision_feeds(view_observations(observation, views), cfg), 0, views.sample_rows)
-        alone = {}
-        for view in view_observations(observation, views):
-            out = backend.infer("vision", vision_feeds([view], cfg))
-            alone[len(view.images)] = out
+        prefix = backend.encode_prefix(view_feeds(vision_feeds([observation], cfg), views), 0, views.sample_rows)
         for k, row in enumerate(views.sample_rows):
-            count = views.camera_counts[row]
-            np.testing.assert_allclose(prefix.prefix_kv[k], alone[count]["prefix_kv"][0], atol=1e-5)
-            np.testing.assert_array_equal(prefix.prefix_mask[k], alone[count]["prefix_mask"][0])
+            alone = replace(observation, images=observation.images[:views.camera_counts[row]])
+            out = backend.infer("vision", vision_feeds([alone], cfg))
+            np.testing.assert_allclose(prefix.prefix_kv[k], out["prefix_kv"][0], atol=1e-5)
+            np.testing.assert_array_equal(prefix.prefix_mask[k], out["prefix_mask"][0])
         assert not np.allclose(prefix.prefix_kv[0], prefix.prefix_kv[1], atol=1e-3)
         with pytest.raises(ValueError, match="sample_rows"):
             backend.encode_prefix(vision_feeds([observation], cfg), 0, (0, 1, 0, 0))

@@ -572,7 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report = ship_model_dir(load_policy(args.out / WEIGHTS_FILE, cfg), args.out, training, args.eval_scenes)
         else:
             engines = {precision: {name: f.path.name for name, f in files.items()}
-                       for precision, files in load_manifest(args.out).engines.items()}
+                       for precision, files in load_manifest(args.out, verify_checksums=False).engines.items()}
             report = record_evaluation(args.out, cfg, engines, training, args.eval_scenes)
         return print_summary(args.out, training, report)
 

@@ -33,6 +33,7 @@ from vla_inference.runtime.backends import BACKENDS, Backend, create_backend
 from vla_inference.runtime.manifest import load_manifest, shipped_model_dir
 from vla_inference.runtime.observation import Observation
 from vla_inference.runtime.pipeline import ActionChunk, InferencePipeline
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 
 STAGES = ("preprocess", "vision", "denoise", "postprocess", "total")
 PERCENTILES = (50, 95, 99)
@@ -228,6 +229,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-lidar", dest="lidar", action="store_false")
     parser.add_argument("--iterations", type=int, default=50, help="requests per steps value (each mode)")
     parser.add_argument("--num-samples", type=int, default=4, help="K action chunks per request")
+    parser.add_argument("--confidence-views", choices=CONFIDENCE_VIEWS, default="cameras",
+                        help="what the K samples differ in besides noise (runtime.sample_views); "
+                             "torch on cuda: noise")
     parser.add_argument("--precision", default=None, help="fp32/int8 (onnxruntime), fp16/bf16/fp8/int8 (tensorrt), "
                                                           "fp32/bf16/fp16 (torch); default: the backend's")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -251,10 +255,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = make_backend(args)
         _reset_cuda_peak()
         pipeline = InferencePipeline(backend, num_samples=args.num_samples, pipelining=args.pipelining,
-                                     owns_backend=True)
+                                     confidence_views=args.confidence_views, owns_backend=True)
         cfg = pipeline.cfg
         print(f"[vla-bench] {cfg.preset} loaded and warmed up in {time.perf_counter() - load_start:.1f} s; "
-              f"{args.cameras} cameras{' + LiDAR' if args.lidar else ''}, K={args.num_samples}", flush=True)
+              f"{args.cameras} cameras{' + LiDAR' if args.lidar else ''}, K={args.num_samples}, "
+              f"views {args.confidence_views}", flush=True)
         if backend.device == "cuda":
             info = backend.describe()
             print("[vla-bench] " + ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("backend", "device")),
@@ -283,6 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "cameras": args.cameras,
             "lidar": args.lidar,
             "num_samples": args.num_samples,
+            "confidence_views": args.confidence_views,
             "pipelining": args.pipelining,
             "iterations": args.iterations,
             "steps": steps_list,

@@ -44,7 +44,7 @@ from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
 from vla_inference.runtime.flow import flow_schedule
 from vla_inference.runtime.manifest import load_manifest
 from vla_inference.runtime.observation import Observation, vision_feeds
-from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, plan_views, view_observations
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, plan_views, view_feeds
 
 LOG = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class InferencePipeline:
         marks["stage1_start"] = time.perf_counter()
         request.observation.validate(self.cfg)
         request.views = plan_views(self.confidence_views, len(request.observation.images), self.num_samples)
-        feeds = vision_feeds(view_observations(request.observation, request.views), self.cfg)
+        feeds = view_feeds(vision_feeds([request.observation], self.cfg), request.views)
         draws = sample_noise(request.seed, self.num_samples, self.cfg.action_horizon, self.cfg.action_dim)
         request.noise = draws[list(request.views.noise_draws)]
         marks["preprocessed"] = time.perf_counter()

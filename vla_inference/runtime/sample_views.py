@@ -23,10 +23,10 @@ only 0.62 / 0.55 / 0.64 / 0.84; every sample its own noise 0.93 / 0.80 / 0.93 / 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Tuple
 
-from vla_inference.runtime.observation import Observation
+import numpy as np
 
 CONFIDENCE_VIEWS = ("cameras", "noise")
 
@@ -54,6 +54,15 @@ def plan_views(mode: str, cameras: int, num_samples: int) -> SampleViews:
     return SampleViews(counts, rows, tuple(k // cameras for k in range(num_samples)))
 
 
-def view_observations(observation: Observation, views: SampleViews) -> List[Observation]:
-    """One observation per view row: the same inputs with only that view's cameras."""
-    return [replace(observation, images=list(observation.images[:count])) for count in views.camera_counts]
+def view_feeds(feeds: Mapping[str, np.ndarray], views: SampleViews) -> Dict[str, np.ndarray]:
+    """The ``vision`` feeds of one observation (batch 1) repeated to one row per view, with the camera
+    slots past each view's count masked and zeroed: what ``vision_feeds`` gives an observation with
+    only those cameras, without normalising the images again."""
+    if int(feeds["images"].shape[0]) != 1:
+        raise ValueError(f"feeds: expected one observation (batch 1), received {feeds['images'].shape[0]}")
+    rows = len(views.camera_counts)
+    out = {name: np.repeat(value, rows, axis=0) for name, value in feeds.items()}
+    for row, count in enumerate(views.camera_counts):
+        out["camera_mask"][row, count:] = False
+        out["images"][row, count:] = 0.0
+    return out
