@@ -62,11 +62,12 @@ def kernel_family(name: str) -> str:
 def gpu_replay_ms(backend: TorchBackend, replays: int) -> dict:
     """Median GPU time of one prefix-graph replay and one step-graph replay (CUDA events)."""
     static = backend._static
-    if static.get("vision_graph") is None:
+    vision_graph = static.get("vision", {}).get(1, {}).get("graph")
+    if vision_graph is None:
         return {}
     stream = torch.cuda.Stream()
     result = {}
-    for name, graph, reset in (("prefix_graph_ms", static["vision_graph"], None),
+    for name, graph, reset in (("prefix_graph_ms", vision_graph, None),
                                ("step_graph_ms", static["step_graphs"][0], static["step"])):
         times = []
         with torch.inference_mode(), torch.cuda.stream(stream):

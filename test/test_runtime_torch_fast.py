@@ -124,3 +124,36 @@ def test_patch_convolution_as_one_gemm() -> None:
     x = torch.randn(2, 4, 16, 32)
     with torch.no_grad():
         assert torch.allclose(_patch_conv(x, conv.weight, conv.bias), conv(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
+@pytest.mark.parametrize("attention", ["split", "joint"])
+def test_fast_path_with_a_prefix_per_sample_reproduces_the_policy_in_fp32(cfg_fn, attention: str) -> None:
+    """Camera views: each sample denoises on its own view's prefix (rows 0, 1, 0, 1)."""
+    cfg = cfg_fn()
+    reference = _policy(cfg)
+    policy = copy.deepcopy(reference)
+    fast = FastPolicy(policy, compile=False, attention=attention)
+    feeds = _feeds(cfg)
+    first_camera = dict(feeds, camera_mask=feeds["camera_mask"].clone())
+    first_camera["camera_mask"][:, 1:] = False
+    rows = torch.tensor([0, 1, 0, 1])
+    noise = torch.randn((len(rows), cfg.action_horizon, cfg.action_dim), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        views = [reference.vision_engine(*[f[spec.name] for spec in engine_specs(cfg)[VISION].inputs])
+                 for f in (feeds, first_camera)]
+        kv = torch.cat([v[0] for v in views])[rows]
+        mask = torch.cat([v[1] for v in views])[rows]
+        assert not torch.equal(mask[0], mask[1])
+        times, dt = flow_schedule(3)
+        expected = noise.clone()
+        for t in times:
+            expected = expected + float(dt) * reference.action_expert(expected, torch.full((len(rows),), float(t)),
+                                                                      kv, mask)
+        table = fast.modulation_table(torch.from_numpy(times))
+        padded_kv, bias = fast.pad_prefix(kv, mask)
+        assert padded_kv.shape[0] == len(rows) and bias.shape == (len(rows), fast.prefix_len_padded)
+        x = noise.clone()
+        for step in range(len(times)):
+            x = x + float(dt) * fast.velocity(x, torch.tensor([times[step]]), table[step], padded_kv, bias)
+    assert float((x - expected).abs().max()) <= TOLERANCE

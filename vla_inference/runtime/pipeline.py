@@ -44,7 +44,7 @@ from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
 from vla_inference.runtime.flow import flow_schedule
 from vla_inference.runtime.manifest import load_manifest
 from vla_inference.runtime.observation import Observation, vision_feeds
-from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, plan_views, view_feeds
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, max_view_rows, plan_views, view_feeds
 
 LOG = logging.getLogger(__name__)
 
@@ -127,9 +127,6 @@ class InferencePipeline:
             raise ValueError(f"num_samples: expected >= 1, received {num_samples}")
         if confidence_views not in CONFIDENCE_VIEWS:
             raise ValueError(f"confidence_views: expected one of {CONFIDENCE_VIEWS}, received {confidence_views!r}")
-        if confidence_views == "cameras" and not backend.supports_sample_views:
-            raise ValueError(f"confidence_views: backend {backend.name!r} on {backend.device} gives all samples "
-                             "one prefix, so it cannot serve 'cameras'; use 'noise'")
         self.backend = backend
         self.cfg = backend.config
         self.num_samples = num_samples
@@ -150,7 +147,7 @@ class InferencePipeline:
         self._threads: list = []
         try:
             backend.load()
-            backend.prepare(num_samples, slots)
+            backend.prepare(num_samples, slots, max_view_rows(confidence_views, self.cfg.max_cameras))
             if pipelining:
                 self._inbox: "queue.Queue[Any]" = queue.Queue()
                 self._handoff: "queue.Queue[Any]" = queue.Queue()

@@ -6,7 +6,7 @@ A backend serves the two engines of one model directory (``vision`` and ``action
 * ``load()`` / ``infer(engine_name, feeds)`` / ``release()``: the runner. ``infer`` checks the feeds
   against the manifest's tensor specs (names, shapes, dtypes, finiteness) before the runtime sees
   them, so a bad tensor is named instead of crashing inside a kernel.
-* ``prepare(num_samples, slots)`` / ``encode_prefix(feeds, slot, sample_rows)`` /
+* ``prepare(num_samples, slots, view_rows)`` / ``encode_prefix(feeds, slot, sample_rows)`` /
   ``denoise(prefix, noise, steps)``: the two stages ``InferencePipeline`` drives. Stage 1's feeds
   hold one row per camera view of the request (``runtime.sample_views``) and ``sample_rows[k]``
   names the row sample k denoises on. The defaults here run the Euler loop on the host
@@ -64,6 +64,7 @@ class Backend(abc.ABC):
         self.source_precision = source_precision or precision
         self.specs: Dict[str, EngineSpec] = engine_specs(self.config)
         self.num_samples = 1
+        self.view_rows = 1
         self._loaded = False
 
     def engine_files(self) -> Dict[str, EngineFile]:
@@ -123,28 +124,25 @@ class Backend(abc.ABC):
     def _release(self) -> None: ...
 
     # -- pipeline stages ------------------------------------------------------------------------
-    def prepare(self, num_samples: int, slots: int) -> None:
-        """Fix the sample batch K and the number of prefix buffers before serving."""
-        if num_samples < 1 or slots < 1:
-            raise ValueError(f"num_samples and slots must be >= 1, received {num_samples}, {slots}")
+    def prepare(self, num_samples: int, slots: int, view_rows: int = 1) -> None:
+        """Fix the sample batch K, the number of prefix buffers and the most view rows a request's
+        stage 1 may carry (``runtime.sample_views``) before serving."""
+        if num_samples < 1 or slots < 1 or view_rows < 1:
+            raise ValueError(f"num_samples, slots and view_rows must be >= 1, received {num_samples}, {slots}, "
+                             f"{view_rows}")
         self.num_samples = num_samples
-
-    @property
-    def supports_sample_views(self) -> bool:
-        """Whether samples of one request may read different view rows (False: all share row 0)."""
-        return True
+        self.view_rows = view_rows
 
     def check_sample_rows(self, feeds: Mapping[str, np.ndarray], sample_rows: Optional[Sequence[int]]) -> np.ndarray:
         """``sample_rows`` as an index array [K] into the feeds' view rows (all 0 when None)."""
         views = int(feeds["images"].shape[0])
+        if views > self.view_rows:
+            raise ValueError(f"feeds: {views} view rows, the backend was prepared for at most {self.view_rows}")
         if sample_rows is None:
             sample_rows = [0] * self.num_samples
         rows = np.asarray(sample_rows, dtype=np.int64)
         if rows.shape != (self.num_samples,) or rows.min() < 0 or rows.max() >= views:
             raise ValueError(f"sample_rows: expected {self.num_samples} rows in [0, {views}), received {rows.tolist()}")
-        if views > 1 and not self.supports_sample_views:
-            raise ValueError(f"backend {self.name!r} on {self.device} shares one prefix among its samples: "
-                             f"received {views} view rows (use confidence_views 'noise')")
         return rows
 
     def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int,

@@ -163,7 +163,11 @@ class TensorRTBackend(Backend):
         num_samples: int = 4,
         device_index: int = 0,
         workspace_bytes: int = 4 << 30,
+        view_rows: int = 2,
     ) -> None:
+        """``num_samples`` and ``view_rows`` (the vision profiles' batch sizes 1..view_rows, see
+        ``runtime.sample_views``) are what the engines are built and loaded for; a ``prepare`` with
+        other values reloads."""
         if trt is None:
             raise BackendUnavailableError(self.name, "TensorRT's Python bindings (`tensorrt`)", str(_IMPORT_ERROR))
         if cu.CUDART is None:
@@ -178,6 +182,7 @@ class TensorRTBackend(Backend):
         self.device_index = device_index
         self.workspace_bytes = workspace_bytes
         self.num_samples = num_samples
+        self.view_rows = view_rows
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._engines: Dict[str, Any] = {}
         self._contexts: Dict[str, Dict[int, _ProfileContext]] = {}
@@ -197,7 +202,7 @@ class TensorRTBackend(Backend):
     # -- build / load ---------------------------------------------------------------------------
     def _batch_sizes(self, engine_name: str) -> Tuple[int, ...]:
         if engine_name == VISION:  # one row per camera view of a request (runtime.sample_views)
-            return tuple(range(1, min(self.config.max_cameras, self.num_samples) + 1))
+            return tuple(range(1, self.view_rows + 1))
         return tuple(sorted({1, self.num_samples}))
 
     def _plan_key(self, engine_name: str, source: str, precision: str, batch_sizes: Tuple[int, ...]) -> PlanKey:
@@ -326,15 +331,16 @@ class TensorRTBackend(Backend):
         dt_host = cu.PinnedArray((1, 1, 1), np.float32)
         self._dt = (dt_host, cu.DeviceBuffer(dt_host.nbytes))
 
-    def prepare(self, num_samples: int, slots: int) -> None:
-        """Allocate ``slots`` prefix buffers of K samples; rebuilds the K-sized engines if K changed."""
-        if num_samples != self.num_samples and self.is_loaded:
-            LOG.warning("num_samples %d differs from the %d the engines were built for: reloading",
-                        num_samples, self.num_samples)
+    def prepare(self, num_samples: int, slots: int, view_rows: int = 1) -> None:
+        """Allocate ``slots`` prefix buffers of K samples; reloads (building what the plan cache lacks)
+        when K or the view rows differ from the profiles the engines were loaded with."""
+        if (num_samples, view_rows) != (self.num_samples, self.view_rows) and self.is_loaded:
+            LOG.warning("num_samples %d / view rows %d differ from the %d / %d the engines were loaded for: "
+                        "reloading", num_samples, view_rows, self.num_samples, self.view_rows)
             self.release()
-            self.num_samples = num_samples
+            self.num_samples, self.view_rows = num_samples, view_rows
             self.load()
-        super().prepare(num_samples, slots)
+        super().prepare(num_samples, slots, view_rows)
         self._free_slots()
         vision_out = self._contexts[VISION][1].bindings
         for _ in range(slots):

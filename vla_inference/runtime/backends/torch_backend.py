@@ -63,18 +63,20 @@ def _numpy_to_torch_dtype(name: str) -> "torch.dtype":
 
 
 class _DeviceSlot:
-    """One request's prefix on the device, shared by its K samples (never repeated K times):
-    keys/values ``padded_kv`` [layers, 2, kv_heads, padded_len, head_dim] (``prefix_kv`` is its first
-    prefix_len positions; the rest stay zero), the bool mask [prefix_len], the additive float32
-    ``bias`` [padded_len] (MASK_BIAS on the padding), and the event that says stage 1 filled them."""
+    """One request's prefix on the device: keys/values ``padded_kv`` [(K,) layers, 2, kv_heads,
+    padded_len, head_dim] (``prefix_kv`` is its first prefix_len positions; the rest stay zero), the
+    bool mask [(K,) prefix_len], the additive float32 ``bias`` [(K,) padded_len] (MASK_BIAS on the
+    padding), and the event that says stage 1 filled them. Without camera views one prefix is shared
+    by the K samples (never repeated K times); with them each sample has its view's row (leading K)."""
 
     def __init__(self, kv: "torch.Tensor", mask: "torch.Tensor", padded_len: int, mask_bias: float) -> None:
         prefix_len = kv.shape[-2]
         shape = (*kv.shape[:-2], padded_len, kv.shape[-1])
         self.padded_kv = torch.zeros(shape, dtype=kv.dtype, device=kv.device)
         self.prefix_kv = self.padded_kv[..., :prefix_len, :]
-        self.prefix_mask = torch.ones_like(mask)
-        self.bias = torch.full((padded_len,), mask_bias, dtype=torch.float32, device=mask.device)
+        self.prefix_mask = torch.ones(mask.shape, dtype=mask.dtype, device=mask.device)
+        self.bias = torch.full((*mask.shape[:-1], padded_len), mask_bias, dtype=torch.float32, device=mask.device)
+        self.per_sample = kv.dim() == 6
         self.ready = torch.cuda.Event()
 
 
@@ -190,17 +192,22 @@ def _backbone_kv(x: "torch.Tensor", w_in: "torch.Tensor", wkv: "torch.Tensor", c
 
 def _expert_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", kp: "torch.Tensor",
                       vp: "torch.Tensor", bias: "torch.Tensor", joint: bool) -> "torch.Tensor":
-    """Action tokens attend to the shared prefix (masked by ``bias``) and to their own sample's tokens.
+    """Action tokens attend to the prefix (masked by ``bias``) and to their own sample's tokens.
 
-    q [K, H, heads, D]; k/v [K, H, G, D]; kp/vp [G, P, D] (one prefix for all K samples); bias [P]
+    q [K, H, heads, D]; k/v [K, H, G, D]; kp/vp [G, P, D] with bias [P] (one prefix shared by the K
+    samples) or kp/vp [K, G, P, D] with bias [K, P] (each sample its own, for camera views); bias
     float32 (0 or MASK_BIAS). Returns [K, H, heads * D]. ``joint`` runs the reference layout instead
     (prefix repeated K times and concatenated with the action keys, one SDPA call), kept for A/B.
+    A shared prefix is one GEMM over all K * H * heads queries; per-sample prefixes a batched GEMM.
     """
     samples, horizon, heads, head_dim = q.shape
     groups = k.shape[2]
     per_group = heads // groups
-    prefix_len = kp.shape[1]
+    per_sample = kp.dim() == 4
+    prefix_len = kp.shape[-2]
     rows = horizon * per_group
+    if per_sample:  # [G, K, P, D] and a bias row per sample
+        kp, vp, bias = kp.transpose(0, 1), vp.transpose(0, 1), bias[None, :, None, :]
     if groups == 1:
         qg = q.reshape(1, samples * rows, head_dim)
         ka, va = k.reshape(1, samples, horizon, head_dim), v.reshape(1, samples, horizon, head_dim)
@@ -209,9 +216,11 @@ def _expert_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", k
         qg = qg.reshape(groups, samples * rows, head_dim)
         ka, va = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
     if joint:
-        keys = torch.cat([kp[:, None].expand(groups, samples, prefix_len, head_dim), ka], dim=2)
-        values = torch.cat([vp[:, None].expand(groups, samples, prefix_len, head_dim), va], dim=2)
-        full_bias = torch.cat([bias, bias.new_zeros(horizon)]).to(q.dtype).view(1, 1, 1, prefix_len + horizon)
+        if not per_sample:
+            kp, vp = (t[:, None].expand(groups, samples, prefix_len, head_dim) for t in (kp, vp))
+        keys, values = torch.cat([kp, ka], dim=2), torch.cat([vp, va], dim=2)
+        full_bias = torch.cat([bias, bias.new_zeros(bias.shape[:-1] + (horizon,))], dim=-1).to(q.dtype)
+        full_bias = full_bias.reshape(-1, 1, 1, prefix_len + horizon)
         out = F.scaled_dot_product_attention(qg.reshape(groups, samples, rows, head_dim).transpose(0, 1),
                                              keys.transpose(0, 1), values.transpose(0, 1), attn_mask=full_bias)
         out = out.transpose(0, 1)
@@ -225,11 +234,17 @@ def _expert_attention(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", k
             ka = F.pad(ka, (0, 0, 0, padded - horizon))
             va = F.pad(va, (0, 0, 0, padded - horizon))
         action_bias = torch.where(torch.arange(padded, device=q.device) < horizon, 0.0, float("-inf"))
-        scores_prefix = torch.matmul(qg, kp.transpose(1, 2)).reshape(groups, samples, rows, prefix_len)
+        if per_sample:
+            scores_prefix = torch.matmul(qg.reshape(groups, samples, rows, head_dim), kp.transpose(2, 3))
+        else:
+            scores_prefix = torch.matmul(qg, kp.transpose(1, 2)).reshape(groups, samples, rows, prefix_len)
         scores_action = torch.matmul(qg.reshape(groups, samples, rows, head_dim), ka.transpose(2, 3))
         scores = torch.cat([scores_prefix.float() * scale + bias, scores_action.float() * scale + action_bias], dim=-1)
         p = torch.softmax(scores, dim=-1).to(q.dtype)
-        out = torch.matmul(p[..., :prefix_len].reshape(groups, samples * rows, prefix_len), vp)
+        if per_sample:
+            out = torch.matmul(p[..., :prefix_len], vp)
+        else:
+            out = torch.matmul(p[..., :prefix_len].reshape(groups, samples * rows, prefix_len), vp)
         out = torch.baddbmm(out.reshape(groups * samples, rows, head_dim),
                             p[..., prefix_len:].reshape(groups * samples, rows, padded),
                             va.reshape(groups * samples, padded, head_dim))
@@ -431,11 +446,12 @@ class FastPolicy:
             module.__dict__.pop("forward", None)
 
     def pad_prefix(self, prefix_kv: "torch.Tensor", mask: "torch.Tensor") -> Any:
-        """(keys/values [L, 2, G, P_padded, D] zero-padded, bias [P_padded] float32) from one request's
-        prefix_kv [L, 2, G, P, D] and mask [P]; the serving path writes the same into its slot buffers."""
+        """(keys/values [..., L, 2, G, P_padded, D] zero-padded, bias [..., P_padded] float32) from one
+        request's prefix_kv [L, 2, G, P, D] and mask [P], or the per-sample [K, L, 2, G, P, D] and
+        [K, P]; the serving path writes the same into its slot buffers."""
         pad = self.prefix_len_padded - prefix_kv.shape[-2]
-        bias = torch.cat([self.mask_bias(mask), torch.full((pad,), self._pm.MASK_BIAS, device=mask.device)])
-        return F.pad(prefix_kv, (0, 0, 0, pad)), bias
+        padding = torch.full((*mask.shape[:-1], pad), self._pm.MASK_BIAS, device=mask.device)
+        return F.pad(prefix_kv, (0, 0, 0, pad)), torch.cat([self.mask_bias(mask), padding], dim=-1)
 
     # -- stage 2 --------------------------------------------------------------------------------
     def modulation_table(self, times: "torch.Tensor") -> "torch.Tensor":
@@ -461,17 +477,19 @@ class FastPolicy:
     def velocity(self, x: "torch.Tensor", t: "torch.Tensor", mods: "torch.Tensor", prefix_kv: "torch.Tensor",
                  bias: "torch.Tensor") -> "torch.Tensor":
         """Flow velocity float32 [K, H, D] at (x [K, H, D] float32, t [1]); ``mods`` is one row of
-        ``modulation_table`` [6 L + 2, W]; ``prefix_kv`` [L, 2, G, P', D] and ``bias`` [P'] float32,
-        P' >= P (``pad_prefix``: padded keys are masked)."""
+        ``modulation_table`` [6 L + 2, W]; ``prefix_kv`` [L, 2, G, P', D] with ``bias`` [P'] float32
+        (shared by the K samples) or [K, L, 2, G, P', D] with [K, P'] (per sample), P' >= P
+        (``pad_prefix``: padded keys are masked)."""
+        layer_kv = prefix_kv.transpose(0, 1) if prefix_kv.dim() == 6 else prefix_kv  # [L, (K,) 2, ...]
         ex = self.policy.action_expert
         pm = self._pm
         cos, sin = self.action_rope
         h = self._expert_head(x, t, ex.action_scale, ex.action_in.weight, ex.action_in.bias, ex.step_embedding,
                               pm.MIN_FLOW_TIME)
         for index, (wqkv, wo, wgu, wd) in enumerate(self.expert_weights):
-            h = self._expert_layer(h, mods[6 * index:6 * index + 6], wqkv, wo, wgu, wd, prefix_kv[index, 0],
-                                   prefix_kv[index, 1], bias, cos, sin, self.expert_eps, self.heads, self.kv_heads,
-                                   self.joint)
+            kp, vp = layer_kv[index].unbind(-4)
+            h = self._expert_layer(h, mods[6 * index:6 * index + 6], wqkv, wo, wgu, wd, kp, vp, bias, cos, sin,
+                                   self.expert_eps, self.heads, self.kv_heads, self.joint)
         return self._expert_tail(h, x, t, mods[self.mod_rows - 2:], ex.action_out.weight, ex.action_out.bias,
                                  ex.action_scale, self.expert_eps, pm.MIN_FLOW_TIME)
 
@@ -653,8 +671,8 @@ class TorchBackend(Backend):
         return info
 
     # -- pipeline stages (CUDA) -----------------------------------------------------------------
-    def prepare(self, num_samples: int, slots: int) -> None:
-        super().prepare(num_samples, slots)
+    def prepare(self, num_samples: int, slots: int, view_rows: int = 1) -> None:
+        super().prepare(num_samples, slots, view_rows)
         if self._device != "cuda":
             return
         if self._fast is not None:  # a previous prepare's fast path: the self-check needs the policy as written
@@ -692,7 +710,8 @@ class TorchBackend(Backend):
             LOG.error("fast path disagrees with the policy (cosine %s); serving the policy as written", cosines)
             self._fast_note = f"self-check failed: cosines {cosines}"
             return None
-        self._fast_note = f"self-check cosines prefix {cosines[0]:.6f}, velocity {cosines[1]:.6f}"
+        self._fast_note = (f"self-check cosines prefix {cosines[0]:.6f}, velocity {cosines[1]:.6f}, "
+                           f"per-sample velocity {cosines[2]:.6f}")
         if compile:
             fast = FastPolicy(self.policy, compile=True, attention=self.attention,
                               prefix_attention=self.prefix_attention)
@@ -726,26 +745,20 @@ class TorchBackend(Backend):
             finally:
                 fast.uninstall()
             ref_v = ex(x, t.expand(k), ref_kv.expand(k, *ref_kv.shape[1:]), mask.expand(k, -1))
-            fast_v = fast.velocity(x, t, fast.modulation_table(t)[0], *fast.pad_prefix(fast_kv[0], mask[0]))
+            table = fast.modulation_table(t)[0]
+            fast_v = fast.velocity(x, t, table, *fast.pad_prefix(fast_kv[0], mask[0]))
+            per_sample_v = fast.velocity(x, t, table, *fast.pad_prefix(fast_kv.expand(k, *fast_kv.shape[1:]),
+                                                                       mask.expand(k, -1)))
         cos = torch.nn.functional.cosine_similarity
-        return [float(cos(a.double().flatten(), b.double().flatten(), dim=0)) for a, b in ((fast_kv, ref_kv), (fast_v, ref_v))]
+        pairs = ((fast_kv, ref_kv), (fast_v, ref_v), (per_sample_v, ref_v))
+        return [float(cos(a.double().flatten(), b.double().flatten(), dim=0)) for a, b in pairs]
 
     def _prepare_cuda(self, k: int, slots: int) -> None:
         """Allocate static buffers and capture the prefix graph and one step graph per slot."""
         cfg = self.config
         dev = torch.device("cuda")
         vision_spec = self.specs[VISION]
-        static: Dict[str, Any] = {}
-        static["vision_in"] = {
-            t.name: torch.zeros(t.concrete_shape(1), dtype=_numpy_to_torch_dtype(t.dtype), device=dev)
-            for t in vision_spec.inputs
-        }
-        static["vision_host"] = {
-            name: torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            for name, tensor in static["vision_in"].items()
-        }
-        static["vision_in"]["camera_mask"].fill_(True)
-        static["vision_in"]["text_mask"][:, 0] = True
+        static: Dict[str, Any] = {"vision": {}, "sample_index": {}}
         static["inputs_copied"] = torch.cuda.Event()
         static["inputs_copied"].record(self._streams[VISION])
         static["x"] = torch.zeros((k, cfg.action_horizon, cfg.action_dim), dtype=torch.float32, device=dev)
@@ -763,13 +776,21 @@ class TorchBackend(Backend):
             static["mod_tables"] = {}
         self._static = static
 
-        def vision_pass() -> Any:
-            prefix_kv, prefix_mask = self.policy.vision_engine(*(static["vision_in"][t.name] for t in vision_spec.inputs))
-            return prefix_kv[0], prefix_mask[0]
+        for rows in range(1, self.view_rows + 1):  # one vision graph per number of view rows
+            inputs = {t.name: torch.zeros(t.concrete_shape(rows), dtype=_numpy_to_torch_dtype(t.dtype), device=dev)
+                      for t in vision_spec.inputs}
+            inputs["camera_mask"].fill_(True)
+            inputs["text_mask"][:, 0] = True
 
-        static["vision_fn"] = vision_pass
-        static["vision_graph"], static["vision_out"] = self._capture(vision_pass, self._streams[VISION])
-        prefix_kv, prefix_mask = static["vision_out"]
+            def vision_pass(inputs: Dict[str, Any] = inputs) -> Any:
+                return self.policy.vision_engine(*(inputs[t.name] for t in vision_spec.inputs))
+
+            graph, out = self._capture(vision_pass, self._streams[VISION])
+            host = {name: torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=True) for name, tensor in inputs.items()}
+            static["vision"][rows] = {"in": inputs, "host": host, "fn": vision_pass, "graph": graph, "out": out}
+        prefix_kv, prefix_mask = (t[0] for t in static["vision"][1]["out"])
+        if self.view_rows > 1:  # camera views: a prefix row per sample
+            prefix_kv, prefix_mask = prefix_kv.expand(k, *prefix_kv.shape), prefix_mask.expand(k, -1)
         padded_len = fast.prefix_len_padded if fast is not None else cfg.prefix_len
         from vla_inference.model.policy import MASK_BIAS
 
@@ -802,10 +823,12 @@ class TorchBackend(Backend):
 
             return denoise_step
 
+        kv = slot.prefix_kv if slot.per_sample else slot.prefix_kv[None].expand(k, *slot.prefix_kv.shape)
+        mask = slot.prefix_mask if slot.per_sample else slot.prefix_mask[None].expand(k, -1)
+
         def policy_step() -> Any:
             t = static["schedule"].index_select(0, static["step"]).expand(k)
-            velocity = self.policy.action_expert(static["x"], t, slot.prefix_kv[None].expand(k, *slot.prefix_kv.shape),
-                                                 slot.prefix_mask[None].expand(k, -1))
+            velocity = self.policy.action_expert(static["x"], t, kv, mask)
             static["x"].add_(velocity * static["dt"])
             static["step"].add_(1)
             return velocity
@@ -831,39 +854,48 @@ class TorchBackend(Backend):
             out = fn()
         return graph, out
 
-    @property
-    def supports_sample_views(self) -> bool:
-        """On CUDA the K samples share one prefix buffer (the fast path's design): one view only."""
-        return self._device != "cuda"
-
     def encode_prefix(self, feeds: Mapping[str, np.ndarray], slot: int,
                       sample_rows: Optional[Sequence[int]] = None) -> Any:
         if self._device != "cuda":
             return super().encode_prefix(feeds, slot, sample_rows)
-        check_inputs(self.specs[VISION], feeds)
-        self.check_sample_rows(feeds, sample_rows)
+        views = check_inputs(self.specs[VISION], feeds)
+        rows = self.check_sample_rows(feeds, sample_rows)
         static = self._static
+        vision = static["vision"][views]
         stream = self._streams[VISION]
         target = self._slots[slot]
         static["inputs_copied"].synchronize()  # the previous request's host-to-device copies are done
         with torch.inference_mode(), torch.cuda.stream(stream):
-            for name, host in static["vision_host"].items():
+            for name, host in vision["host"].items():
                 host.numpy()[...] = feeds[name]
-                static["vision_in"][name].copy_(host, non_blocking=True)
+                vision["in"][name].copy_(host, non_blocking=True)
             static["inputs_copied"].record(stream)
-            if static["vision_graph"] is not None:
-                static["vision_graph"].replay()
-                prefix_kv, prefix_mask = static["vision_out"]
+            if vision["graph"] is not None:
+                vision["graph"].replay()
+                prefix_kv, prefix_mask = vision["out"]
             else:
-                prefix_kv, prefix_mask = static["vision_fn"]()
-            target.prefix_kv.copy_(prefix_kv)
-            target.prefix_mask.copy_(prefix_mask)
+                prefix_kv, prefix_mask = vision["fn"]()
+            if target.per_sample:
+                index = self._sample_index(rows)
+                target.prefix_kv.copy_(prefix_kv.index_select(0, index))
+                target.prefix_mask.copy_(prefix_mask.index_select(0, index))
+            else:
+                target.prefix_kv.copy_(prefix_kv[0])
+                target.prefix_mask.copy_(prefix_mask[0])
             if self._fast is not None:
-                target.bias[:prefix_mask.shape[0]].copy_(self._fast.mask_bias(prefix_mask))
+                target.bias[..., :prefix_mask.shape[-1]].copy_(self._fast.mask_bias(target.prefix_mask))
             target.ready.record(stream)
         if self.sync_prefix:
             target.ready.synchronize()
         return slot
+
+    def _sample_index(self, rows: np.ndarray) -> "torch.Tensor":
+        """Each sample's view row as a device index, uploaded once per pattern (a blocking copy)."""
+        key = tuple(int(r) for r in rows)
+        cache = self._static["sample_index"]
+        if key not in cache:
+            cache[key] = torch.tensor(key, dtype=torch.int64, device="cuda")
+        return cache[key]
 
     def _modulations(self, steps: int, times: np.ndarray) -> None:
         """Make ``static['mods'][:steps]`` the modulation table of this steps value (on the current stream)."""
