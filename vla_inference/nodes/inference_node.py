@@ -89,7 +89,7 @@ class InferenceNode(LifecycleNode):
         declare(self, "num_samples", 4, "Action chunks sampled per request (one batch); their spread gives the "
                 "confidence (at least 2, so there is a spread to measure)." + unconfigured, int_range=(2, 32))
         declare(self, "confidence_views", "cameras", "What the samples differ in besides their noise: cameras "
-                "(sample k sees the first k % C cameras, all when 0; the torch backend on cuda cannot) or noise."
+                "(even samples see all cameras, odd ones the first; two vision rows) or noise (one row)."
                 + unconfigured, choices=CONFIDENCE_VIEWS)
         declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising."
                 + unconfigured)

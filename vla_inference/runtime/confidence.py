@@ -19,9 +19,10 @@ sensor), they part. So:
   ranking (so neither the AUROC). ``DEFAULT_SCALE`` is used unless the model directory's manifest
   records a ``confidence_scale`` calibrated for its policy.
 
-On the shipped tiny policy (K=4 with camera views), measuring the path instead of the
-scale-weighted actions lifts the AUROC against a scrambled command from 0.63 to 0.85: the
-per-step gripper flips and centimetre deltas hide the end point's disagreement.
+On the shipped tiny policy (K=4 with camera views: three rows, 150 held-out scenes, offline),
+measuring the path instead of the actions scaled to 3 cm / 1 (gripper) lifted the AUROC against a
+scrambled command from 0.63 to 0.85 and against shuffled camera patches from 0.80 to 0.96: per-step
+gripper flips and centimetre deltas hide the end point's disagreement.
 
 With a single sample there is no dispersion to measure: confidence is NaN (callers that need a
 score must ask for ``num_samples >= 2``).

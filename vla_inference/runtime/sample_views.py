@@ -13,12 +13,15 @@ only the first (camera 0: the camera every camera set the policy was trained on 
 ``train.camera_count_probs``), and samples 2j and 2j+1 share noise draw j. So sample 0 is always the
 full observation, the vision pass runs on two rows, not K, and inside a pair only the view
 differs, so camera disagreement is not drowned by noise, while the pairs differ in noise, so the
-spread the noise alone shows (a missing LiDAR) still counts. Measured on the shipped tiny policy
-(150 held-out scenes, K=4, path spread, AUROC real vs scrambled for patches / text / all / LiDAR
-dropped): noise only 0.62 / 0.55 / 0.64 / 0.84; all + first camera 0.93 / 0.81 / 0.93 / 0.81; all,
-first, first two cameras (a third vision row) 0.95 / 0.84 / 0.94 / 0.82, not worth 50 % more
-vision time; all + first two cameras 0.86 / 0.70 / 0.88 / 0.81 (two cameras agree with three too
-often); every sample with its own noise as well as its own view 0.93 / 0.80 / 0.93 / 0.89.
+spread the noise alone shows (a missing LiDAR) still counts.
+
+Measured on the shipped tiny policy, K=4, path spread, AUROC real vs scrambled for patches / text /
+all / LiDAR dropped. Served by the pipeline (``confidence_eval``, 100 held-out scenes): noise only
+0.62 / 0.56 / 0.66 / 0.89; these camera views 0.94 / 0.79 / 0.93 / 0.78 (a missing LiDAR is a little
+harder to see: a view pair shares its noise). Alternatives, from the same chunks offline (150
+scenes): a third row with the first two cameras 0.95 / 0.84 / 0.94 / 0.82, not worth 50 % more
+vision time; all + the first two cameras 0.86 / 0.70 / 0.88 / 0.81 (two cameras agree with three
+too often); three views with every sample its own noise 0.93 / 0.80 / 0.93 / 0.89.
 
 ``noise`` mode, or a single camera: every sample sees all cameras and draws its own noise.
 """
