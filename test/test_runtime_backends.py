@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,20 +117,23 @@ def test_tensorrt_without_tensorrt_names_the_dependency(manifest: Manifest) -> N
         create_backend("tensorrt", manifest)
 
 
-def test_int8_engines_serve_close_to_fp32(manifest: Manifest) -> None:
+def test_int8_engines_end_where_fp32_ends(manifest: Manifest) -> None:
+    """INT8 chunks of held-out scenes end within a centimetre of the fp32 ones (median of 8). With
+    8-bit weights on an AVX2-only CPU (int16 saturation) the shipped engines were 2.8 cm off."""
     if "int8" not in manifest.precisions:
         pytest.skip(f"{manifest.model_dir} has no int8 engines")
-    cfg = manifest.config
-    obs = observations(cfg, 1)[0]
-    chunks = {}
+    from vla_inference.synthetic import eval_scenes, make_observation
+    from vla_inference.synthetic.scene import simulate
+
+    scenes = list(eval_scenes(8, seed_base=2_000_000))
+    ends = {}
     for precision in ("fp32", "int8"):
         with InferencePipeline(create_backend("onnxruntime", manifest, precision=precision), pipelining=False,
-                               warmup_runs=0) as pipeline:
-            chunks[precision] = pipeline.infer(obs, steps=10, seed=3).actions
-            pipeline.backend.release()
-    assert np.isfinite(chunks["int8"]).all()
-    scale = np.abs(chunks["fp32"]).max() + 1e-6
-    assert np.abs(chunks["int8"] - chunks["fp32"]).max() / scale < 0.5
+                               warmup_runs=0, owns_backend=True) as pipeline:
+            chunks = [pipeline.infer(make_observation(scene, 3, True), steps=10, seed=3).actions for scene in scenes]
+        ends[precision] = np.stack([simulate(scene.ee_start, chunk)[-1] for scene, chunk in zip(scenes, chunks)])
+    distance_cm = np.linalg.norm(ends["int8"] - ends["fp32"], axis=1) * 100
+    assert np.median(distance_cm) < 1.0, distance_cm
 
 
 def test_torch_cpu_matches_onnxruntime_within_1e_4(manifest: Manifest) -> None:
@@ -159,3 +163,19 @@ def test_torch_backend_checks_its_weights_file(manifest: Manifest, tmp_path: Pat
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelDirError, match=rf"{weights.name}: SHA-256 differs"):
         create_backend("torch", load_manifest(copy))
+
+
+def test_expert_workers_split_the_samples_and_agree_with_one_run(manifest: Manifest) -> None:
+    cfg = manifest.config
+    obs = observations(cfg, 1, seed=4)[0]
+    samples = {}
+    for workers in (1, 2, 3):
+        backend = create_backend("onnxruntime", manifest, expert_workers=workers)
+        with InferencePipeline(backend, num_samples=5, pipelining=False, warmup_runs=0, owns_backend=True) as pipeline:
+            samples[workers] = pipeline.infer(obs, steps=4, seed=2).samples
+            assert len([t for t in threading.enumerate() if t.name.startswith("vla-expert")]) == (workers > 1) * workers
+        assert not [t for t in threading.enumerate() if t.name.startswith("vla-expert") and t.is_alive()]
+    for workers in (2, 3):
+        np.testing.assert_allclose(samples[workers], samples[1], atol=1e-5)
+    with pytest.raises(ValueError, match="expert_workers"):
+        create_backend("onnxruntime", manifest, expert_workers=0)

@@ -148,6 +148,10 @@ def make_backend(args: argparse.Namespace) -> Backend:
         options["precision"] = args.precision
     if args.intra_op_threads is not None:
         options["intra_op_threads"] = args.intra_op_threads
+    if args.expert_workers is not None:
+        if args.backend != "onnxruntime":
+            raise SystemExit("--expert-workers is an onnxruntime option")
+        options["expert_workers"] = args.expert_workers
     if args.random_weights:
         if args.backend != "torch":
             raise SystemExit("--random-weights needs --backend torch (ONNX/TensorRT serve exported files)")
@@ -236,6 +240,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                                           "fp32/bf16/fp16 (torch); default: the backend's")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--intra-op-threads", type=int, default=None, help="CPU threads per engine")
+    parser.add_argument("--expert-workers", type=int, default=None,
+                        help="onnxruntime: slices of the K samples denoised at once (default: the backend's, 2)")
     parser.add_argument("--engine-cache-dir", default=None, help="tensorrt: where .plan files live")
     parser.add_argument("--no-pipelining", dest="pipelining", action="store_false",
                         help="serve with one thread (the pipelined column then measures back-to-back submits)")

@@ -11,16 +11,24 @@ second thread costs more in hand-offs than it gains (tiny, 10 steps, 2 cores: en
 vision engine. ``session.run`` releases the GIL, which is what
 lets the pipeline overlap the next request's vision pass with the current denoising loop on two
 Python threads.
+
+The denoising loop splits the K samples into ``expert_workers`` slices (2 by default) that run at
+the same time, each a single-threaded run of the one expert session (``run`` is thread-safe): a
+run of the per-step graph cannot spread its small operators over two cores, two runs can. On the
+2-core Zen 3 (AVX2) these numbers were taken on, 10 steps for K=4: one run 47.2 ms, two runs of
+two samples 30.0 ms, one run on two intra-op threads 43.8 ms (medians of 12 interleaved trials).
+Each sample's arithmetic is its own, so slicing changes results by float rounding at most.
 """
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from vla_inference.model.engine_spec import ACTION_EXPERT
-from vla_inference.runtime.backends.base import Backend, BackendUnavailableError
+from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
 from vla_inference.runtime.manifest import Manifest, ModelDirError
 
 try:
@@ -50,11 +58,14 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int = 0,
         expert_intra_op_threads: int = 1,
         allow_spinning: bool = False,
+        expert_workers: int = 2,
     ) -> None:
         if ort is None:
             raise BackendUnavailableError(self.name, "the `onnxruntime` package", str(_IMPORT_ERROR))
         if device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, received {device!r}")
+        if expert_workers < 1:
+            raise ValueError(f"expert_workers: expected >= 1, received {expert_workers}")
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailableError(
                 self.name,
@@ -67,6 +78,8 @@ class OnnxRuntimeBackend(Backend):
         self.intra_op_threads = intra_op_threads
         self.expert_intra_op_threads = expert_intra_op_threads
         self.allow_spinning = allow_spinning
+        self.expert_workers = expert_workers
+        self._workers: Optional[ThreadPoolExecutor] = None
         self._sessions: Dict[str, Any] = {}
         self._output_names: Dict[str, List[str]] = {}
 
@@ -105,6 +118,8 @@ class OnnxRuntimeBackend(Backend):
         except BaseException:
             self._sessions.clear()
             raise
+        if self.expert_workers > 1:
+            self._workers = ThreadPoolExecutor(self.expert_workers, thread_name_prefix="vla-expert")
         LOG.info("onnxruntime %s: loaded %s (%s)", ort.__version__, list(self._sessions), self._providers()[0])
 
     def _check_session_io(self, name: str, session: Any) -> None:
@@ -125,8 +140,24 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(names, self._sessions[engine_name].run(names, dict(feeds))))
 
     def _release(self) -> None:
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
         self._sessions.clear()
         self._output_names.clear()
+
+    def denoise(self, prefix: HostPrefix, noise: np.ndarray, steps: int) -> np.ndarray:
+        """Stage 2 on ``expert_workers`` slices of the K samples at once (see the module docstring)."""
+        bounds = np.linspace(0, len(noise), min(self.expert_workers, len(noise)) + 1).round().astype(int)
+        if self._workers is None or len(bounds) <= 2:
+            return super().denoise(prefix, noise, steps)
+        loop = super().denoise
+        parts = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+        futures = [
+            self._workers.submit(loop, HostPrefix(prefix.prefix_kv[part], prefix.prefix_mask[part]), noise[part], steps)
+            for part in parts
+        ]
+        return np.concatenate([future.result() for future in futures])
 
     def describe(self) -> Dict[str, Any]:
         info = super().describe()
@@ -136,5 +167,6 @@ class OnnxRuntimeBackend(Backend):
             intra_op_threads=self.intra_op_threads,
             expert_intra_op_threads=self.expert_intra_op_threads,
             allow_spinning=self.allow_spinning,
+            expert_workers=self.expert_workers,
         )
         return info
