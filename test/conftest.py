@@ -1,4 +1,5 @@
 """Shared fixtures: each pytest session gets its own DDS domain so parallel runs never cross-talk."""
+import gc
 import os
 import random
 
@@ -21,3 +22,4 @@ def ros_context():
         yield context
     finally:
         context.try_shutdown()
+        gc.collect()

@@ -240,6 +240,7 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         ". ./env.sh",
         "python -m vla_inference.model.train --out models/tiny      # data, training, export, INT8, eval, this card",
         "python -m vla_inference.model.evaluate --model-dir models/tiny   # evaluation only",
+        "python -m vla_inference.model.train --out models/tiny --reevaluate  # re-evaluate, rewrite manifest keys and card",
         "python -m vla_inference.model.export --out /tmp/random-tiny      # random-weight model dir",
         "```",
         "",

@@ -1,12 +1,25 @@
 """Console-script plumbing shared by every node."""
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 import rclpy
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+
+
+SHUTDOWN_RACE_S = 1.0
+
+
+def _shuts_down_within(seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while rclpy.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def spin_executor(executor: Executor, node: Node) -> None:
@@ -48,9 +61,11 @@ def spin_node(
         pass
     except Exception:
         # SIGINT shuts the context down from rclpy's signal handler; if that lands while the
-        # executor builds its wait set, rcl reports an invalid context (RCLError) instead of
-        # ExternalShutdownException. That is still a requested shutdown; anything else is not.
-        if rclpy.ok():
+        # executor builds its wait set or takes a message, rcl reports an invalid context
+        # (RCLError) or the take fails (RuntimeError from the bindings) instead of
+        # ExternalShutdownException, sometimes just before the context reads as shut down. That is
+        # still a requested shutdown; an error the context outlives is not.
+        if not _shuts_down_within(SHUTDOWN_RACE_S):
             raise
     finally:
         if before_destroy is not None:
