@@ -19,8 +19,9 @@ one prefix per distinct view, stage 2 denoises all K samples in one batch, each 
 prefix. The response is their mean and a confidence from their spread (``runtime.confidence``).
 
 Determinism: the K noise draws of a request come from ``numpy.random.default_rng(seed)`` (standard
-normal, float32, shape [K, H, D]; sample k starts from draw ``views.noise_draws[k]``) and each request's arithmetic is independent of its neighbours,
-so pipelined results equal sequential ones bit for bit on a CPU.
+normal, float32, shape [K, H, D]; sample k starts from draw ``views.noise_draws[k]``) and each
+request's arithmetic is independent of its neighbours, so pipelined results equal sequential ones
+bit for bit on a CPU.
 
 Failures stay with their request: an exception in either stage is set on that request's future
 (and raised by ``infer``), its slot is returned, and the workers go on with the next request.

@@ -53,7 +53,8 @@ def plan_views(mode: str, cameras: int, num_samples: int) -> SampleViews:
         raise ValueError(f"cameras and num_samples must be >= 1, received {cameras}, {num_samples}")
     if mode == "noise" or cameras == 1:
         return SampleViews((cameras,), (0,) * num_samples, tuple(range(num_samples)))
-    return SampleViews((cameras, 1), tuple(k % 2 for k in range(num_samples)), tuple(k // 2 for k in range(num_samples)))
+    samples = range(num_samples)
+    return SampleViews((cameras, 1), tuple(k % 2 for k in samples), tuple(k // 2 for k in samples))
 
 
 def max_view_rows(mode: str, max_cameras: int) -> int:

@@ -786,7 +786,8 @@ class TorchBackend(Backend):
                 return self.policy.vision_engine(*(inputs[t.name] for t in vision_spec.inputs))
 
             graph, out = self._capture(vision_pass, self._streams[VISION])
-            host = {name: torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=True) for name, tensor in inputs.items()}
+            host = {name: torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                    for name, tensor in inputs.items()}
             static["vision"][rows] = {"in": inputs, "host": host, "fn": vision_pass, "graph": graph, "out": out}
         prefix_kv, prefix_mask = (t[0] for t in static["vision"][1]["out"])
         if self.view_rows > 1:  # camera views: a prefix row per sample
