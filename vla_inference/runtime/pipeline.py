@@ -234,9 +234,9 @@ class InferencePipeline:
         """Preprocess (validate, normalise, tokenise, draw noise) and run the vision engine."""
         marks = request.marks
         marks["stage1_start"] = time.perf_counter()
-        request.observation.validate(self.cfg)
+        feeds = vision_feeds([request.observation], self.cfg)  # validates the observation, naming the field
         request.views = plan_views(self.confidence_views, len(request.observation.images), self.num_samples)
-        feeds = view_feeds(vision_feeds([request.observation], self.cfg), request.views)
+        feeds = view_feeds(feeds, request.views)
         draws = sample_noise(request.seed, self.num_samples, self.cfg.action_horizon, self.cfg.action_dim)
         request.noise = draws[list(request.views.noise_draws)]
         marks["preprocessed"] = time.perf_counter()
