@@ -6,12 +6,14 @@ import time
 import numpy as np
 import pytest
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
+from vla_msgs.msg import InferenceRequest
 
 from ros_helpers import wait_for
 from vla_inference import contract
@@ -38,6 +40,8 @@ class Robot:
         self.state = [float(v) for v in obs.state]
         self.live = set(CAMERAS)
         self.commands = []
+        self.state_stamps = set()
+        self.request_stamps = []
         self.camera_pubs = {n: self.node.create_publisher(Image, camera_topic(n), qos_profile_sensor_data)
                             for n in CAMERAS}
         self.lidar_pub = self.node.create_publisher(Image, LIDAR_TOPIC, qos_profile_sensor_data)
@@ -46,16 +50,25 @@ class Robot:
         text_pub.publish(String(data=obs.text))
         self.node.create_subscription(Float32MultiArray, COMMAND_TOPIC,
                                       lambda m: self.commands.append(np.asarray(m.data)), 10)
+        self.node.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, self.on_request,
+                                      contract.INFERENCE_QOS)
         self.node.create_timer(0.05, self.tick)
 
+    def on_request(self, msg):
+        self.request_stamps.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+
     def tick(self):
-        stamp = self.node.get_clock().now().to_msg()
+        now = self.node.get_clock().now()
+        image_stamp = (now - Duration(seconds=0.25)).to_msg()  # frames that spent a while in transport
         for name in self.live:
-            self.images[name].header.stamp = stamp
+            self.images[name].header.stamp = image_stamp
             self.camera_pubs[name].publish(self.images[name])
-        self.lidar.header.stamp = stamp
+        self.lidar.header.stamp = image_stamp
         self.lidar_pub.publish(self.lidar)
-        self.state_pub.publish(JointState(position=self.state))
+        state = JointState(position=self.state)
+        state.header.stamp = now.to_msg()
+        self.state_stamps.add((state.header.stamp.sec, state.header.stamp.nanosec))
+        self.state_pub.publish(state)
 
 
 @pytest.fixture
@@ -96,3 +109,12 @@ def test_client_node_plays_chunks_and_holds_when_a_camera_dies(graph):
     assert wait_for(lambda: client._counts.get("OK", 0) >= ok_before + 2, 15.0), client._counts
     time.sleep(0.5)
     assert server.requests_received >= sum(v for k, v in client._counts.items() if k != "chunk_refused")
+
+
+def test_requests_carry_the_state_stamp_not_the_older_images(graph):
+    # The executor skips the rows it emitted after the stamp; stamped with an image's older time, it
+    # would also skip rows the state already contains.
+    _, client, robot = graph
+    assert wait_for(lambda: len(robot.request_stamps) >= 3, 30.0), client._counts
+    assert all(stamp in robot.state_stamps for stamp in robot.request_stamps), (
+        robot.request_stamps[:3], sorted(robot.state_stamps)[-3:])

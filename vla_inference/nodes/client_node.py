@@ -6,6 +6,11 @@ range image, ``/joint_states`` positions as the state and the last ``/vla/text_c
 ``sensor_timeout_s`` is left out rather than faked, so a dead camera shows up as the server's
 INVALID_REQUEST naming ``sensor_data.images``. Received chunks are played out one row per control tick
 on ``/vla/command`` by the ``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable.
+
+The request is stamped with the state's time (the ``/joint_states`` header stamp, or its arrival
+time when unstamped): a chunk starts from that state, and the executor skips the rows it emitted
+after the stamp. An older stamp, such as an image's, would count rows the state already contains
+and skip them, so near the goal the arm stopped short of it and drifted.
 """
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ class VlaClientNode(Node):
                                        delta_dims=list(delta_dims))
         self._images: Dict[str, Tuple[float, Image]] = {}
         self._lidar: Optional[Tuple[float, Image]] = None
-        self._state: Optional[Tuple[float, list]] = None
+        self._state: Optional[Tuple[float, Tuple[Time, list]]] = None
         self._text = ""
         self._counts: Dict[str, int] = {}
         self._last_state = ExecutorState.IDLE
@@ -100,7 +105,10 @@ class VlaClientNode(Node):
         self._lidar = (time.monotonic(), msg)
 
     def _store_state(self, msg: JointState) -> None:
-        self._state = (time.monotonic(), list(msg.position[: self._state_dim]))
+        stamp = Time.from_msg(msg.header.stamp)
+        if stamp.nanoseconds == 0:
+            stamp = self.get_clock().now()  # an unstamped state was measured no later than its arrival
+        self._state = (time.monotonic(), (stamp, list(msg.position[: self._state_dim])))
 
     def _store_text(self, msg: String) -> None:
         self._text = msg.data
@@ -117,13 +125,12 @@ class VlaClientNode(Node):
             return
         if self._client.busy(now) or self._client.seconds_until_allowed(now) > 0:
             return
-        state = self._fresh(self._state, now)
-        if state is None:
+        stamped_state = self._fresh(self._state, now)
+        if stamped_state is None:
             return  # without the robot state there is no observation worth asking about
+        stamp, state = stamped_state
         images = [img for img in (self._fresh(self._images.get(n), now) for n in self._cameras) if img is not None]
         lidar = self._fresh(self._lidar, now) if self._use_lidar else None
-        stamps = [Time.from_msg(img.header.stamp) for img in images]
-        stamp = min(stamps, key=lambda t: t.nanoseconds) if stamps else self.get_clock().now()
         try:
             self._client.send(images, self._text, state, lidar, self._steps, stamp=stamp)
         except ClientBusyError:
