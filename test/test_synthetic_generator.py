@@ -187,6 +187,24 @@ def test_training_set_matches_observations_of_the_same_scenes():
         generate_training_set(num_layouts=2, tasks_per_layout=1, first_seed=EVAL_SEED_BASE - 1)
 
 
+def test_replanned_tasks_start_part_way_and_leave_the_other_tasks_alone():
+    plain = generate_training_set(num_layouts=6, tasks_per_layout=4, first_seed=50)
+    mixed = generate_training_set(num_layouts=6, tasks_per_layout=4, first_seed=50, replan_fraction=0.5)
+    moved = np.any(plain.state != mixed.state, axis=1)
+    assert 0 < moved.sum() < len(moved)
+    for name in ("state", "actions", "target_offset", "slow"):
+        np.testing.assert_array_equal(getattr(plain, name)[~moved], getattr(mixed, name)[~moved], err_msg=name)
+    np.testing.assert_array_equal(plain.images, mixed.images)  # the cameras do not see the arm
+    plain_ends = plain.state[moved, :3] + plain.target_offset[moved]
+    np.testing.assert_allclose(mixed.state[moved, :3] + mixed.target_offset[moved], plain_ends, atol=1e-6)
+    plain_distance = np.linalg.norm(plain.target_offset[moved], axis=1)
+    mixed_distance = np.linalg.norm(mixed.target_offset[moved], axis=1)
+    assert np.median(mixed_distance / plain_distance) < 0.8, "replanned starts lie part-way to the same target"
+    assert np.all(mixed.state[moved, 2] >= 0.01) and np.isfinite(mixed.actions).all()
+    with pytest.raises(ValueError, match="replan_fraction"):
+        generate_training_set(num_layouts=1, tasks_per_layout=1, replan_fraction=1.5)
+
+
 def test_synthetic_package_does_not_import_torch():
     code = "import sys, vla_inference.synthetic; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,8 @@ samples one chunk per held-out scene (seeds from ``EVAL_SEED_BASE``, disjoint fr
 success when the end point is within ``SUCCESS_TOLERANCE_M`` of the ground-truth chunk's end point.
 Backends: PyTorch fp32 (from ``policy.safetensors``) and ONNX Runtime for every precision in the
 manifest. The ONNX Runtime fp32 engines are also run with sensors removed (one camera; no LiDAR),
-to show what each modality is worth, and timed at batch 1 and 4. Finally the shipped pipeline's
+to show what each modality is worth, replayed in the closed loop the synthetic robot runs
+(``closed_loop``), and timed at batch 1 and 4. Finally the shipped pipeline's
 confidence (spread of ``DISPERSION_SAMPLES`` chunks with camera views) is scored against scrambled
 copies of held-out scenes (``runtime.confidence_eval``): the AUROC per scramble, and the success of
 the mean chunk the pipeline answers with.
@@ -23,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from vla_inference.model.closed_loop import LoopSettings, closed_loop_success
 from vla_inference.model.config import VlaConfig
 from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, check_inputs, engine_specs
 from vla_inference.runtime.manifest import load_manifest
@@ -43,6 +45,9 @@ DEFAULT_STEPS = 10
 EVAL_BATCH = 25
 DISPERSION_SAMPLES = 4
 CONFIDENCE_SCENES = 100
+CLOSED_LOOP_SCENES = 100
+# 0: every executed row comes from a chunk planned part-way along (the hard case); 4: the synthetic graph's ~200 ms.
+CLOSED_LOOP_LATENCY_ROWS = (0, 4)
 
 Sampler = Callable[[Dict[str, np.ndarray], np.ndarray, int], np.ndarray]
 
@@ -227,6 +232,11 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
             ablated = with_sensors(eval_set, cameras, lidar)
             ablations[name] = score(_batched(reference.sample, ablated, steps), ablated)
         report["ablations_onnxruntime_fp32"] = ablations
+        report["closed_loop_onnxruntime_fp32"] = {}
+        for latency in CLOSED_LOOP_LATENCY_ROWS:
+            log(f"closed loop ({CLOSED_LOOP_SCENES} scenes, answers {latency} rows after the request)")
+            report["closed_loop_onnxruntime_fp32"][f"latency {latency} rows"] = closed_loop_success(
+                reference.sample, cfg, CLOSED_LOOP_SCENES, steps, LoopSettings(latency_rows=latency))
         log(f"confidence AUROC, real vs scrambled ({CONFIDENCE_SCENES} scenes)")
         report["confidence"] = confidence_auroc(model_dir, CONFIDENCE_SCENES, steps)
     if reference is not None and with_latency:
@@ -273,6 +283,14 @@ def format_report(report: Dict[str, object]) -> str:
     ]
     if "ablations_onnxruntime_fp32" in report:
         lines += ["", _table("sensors (ORT fp32)", report["ablations_onnxruntime_fp32"])]  # type: ignore[arg-type]
+    if "closed_loop_onnxruntime_fp32" in report:
+        lines += ["", f"{'closed loop (ORT fp32)':<22}{'asked every':>12}{'answer after':>14}{'success':>9}"
+                      f"{'near pole':>11}{'clear':>8}{'median s':>10}"]
+        for loop in report["closed_loop_onnxruntime_fp32"].values():  # type: ignore[union-attr]
+            lines.append(f"{str(loop['scenes']) + ' scenes':<22}{str(loop['request_every_rows']) + ' rows':>12}"
+                         f"{str(loop['latency_rows']) + ' rows':>14}{100 * loop['success']:>8.1f}%"
+                         f"{100 * loop['success_pole_near_path']:>10.1f}%{100 * loop['success_clear_path']:>7.1f}%"
+                         f"{loop['median_seconds_to_success']:>10.2f}")
     if "confidence" in report:
         confidence: Dict[str, object] = report["confidence"]  # type: ignore[assignment]
         lines += ["", f"confidence AUROC, real vs scrambled (served pipeline, ORT fp32, K={confidence['num_samples']}, "

@@ -84,6 +84,7 @@ class TrainSettings:
     aux_weight: float = 1.0
     trajectory_weight: float = 0.3
     scrambled_command_fraction: float = 0.0
+    replan_fraction: float = 0.5
     camera_count_probs: tuple = (0.2, 0.2, 0.6)
     lidar_prob: float = 0.8
     threads: int = 2
@@ -106,13 +107,14 @@ def _generator_version() -> str:
 
 
 def _generate_chunk(args: tuple) -> TrainingSet:
-    first_seed, count, tasks = args
-    return generate_training_set(count, tasks, first_seed=first_seed)
+    first_seed, count, tasks, replan_fraction = args
+    return generate_training_set(count, tasks, first_seed=first_seed, replan_fraction=replan_fraction)
 
 
-def load_or_generate(layouts: int, tasks: int, cache_dir: Path, workers: int) -> TrainingSet:
+def load_or_generate(layouts: int, tasks: int, cache_dir: Path, workers: int,
+                     replan_fraction: float = 0.0) -> TrainingSet:
     """The training set, from ``cache_dir`` when a matching one is there (generated in parallel)."""
-    key = f"layouts{layouts}_tasks{tasks}_{_generator_version()}"
+    key = f"layouts{layouts}_tasks{tasks}_replan{replan_fraction:g}_{_generator_version()}"
     path = cache_dir / key
     names = [f.name for f in fields(TrainingSet)]
     if (path / "complete").is_file():
@@ -120,7 +122,7 @@ def load_or_generate(layouts: int, tasks: int, cache_dir: Path, workers: int) ->
         return TrainingSet(**{name: np.load(path / f"{name}.npy") for name in names})
     _log(f"generating {layouts} layouts x {tasks} tasks with {workers} processes")
     chunk = 100
-    jobs = [(start, min(chunk, layouts - start), tasks) for start in range(0, layouts, chunk)]
+    jobs = [(start, min(chunk, layouts - start), tasks, replan_fraction) for start in range(0, layouts, chunk)]
     parts: List[TrainingSet] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for done, part in enumerate(pool.map(_generate_chunk, jobs), start=1):
@@ -550,6 +552,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trajectory-weight", type=float, default=defaults.trajectory_weight)
     parser.add_argument("--scrambled-command-fraction", type=float, default=defaults.scrambled_command_fraction,
                         help="share of each batch whose command is scrambled, paired with a random other task's chunk")
+    parser.add_argument("--replan-fraction", type=float, default=defaults.replan_fraction,
+                        help="share of the tasks that start part-way to the target, as a closed loop asks from")
+    parser.add_argument("--workers", type=int, default=defaults.threads,
+                        help="processes that generate the training set (when it is not cached)")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                         help="bf16: autocast matmuls (float32 weights; fast on CPUs with AVX512-BF16 or AMX); "
                              "fp32: everything in float32 (use it on CPUs without native bf16)")
@@ -579,10 +585,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,
                              steps=args.steps, batch=args.batch, lr=args.lr, trajectory_weight=args.trajectory_weight,
                              scrambled_command_fraction=args.scrambled_command_fraction,
+                             replan_fraction=args.replan_fraction,
                              device=args.device, precision=args.precision)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, settings.threads)
+    data = load_or_generate(settings.layouts, settings.tasks_per_layout, args.cache_dir, args.workers,
+                            settings.replan_fraction)
     data_seconds = time.perf_counter() - started
     _log(f"training set: {len(data)} tasks over {data.images.shape[0]} layouts, "
          f"{100 * data.slow.mean():.0f}% with a pole near the path ({data_seconds:.0f} s)")

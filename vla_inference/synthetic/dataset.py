@@ -30,6 +30,7 @@ from vla_inference.synthetic.scene import (
     Scene,
     expert_actions,
     generate_scene,
+    replanned_start,
     sample_layout,
     sample_task,
     segment_clearance,
@@ -45,6 +46,7 @@ EVAL_SEED_BASE = 1_000_000
 RING_ROWS = beam_rows(RING_ELEVATIONS_DEG)
 MAX_BLOCKS = 4
 MAX_POLES = 2
+REPLAN_STREAM = 11  # the replanned starts' random stream, apart from the layout's
 
 
 def make_observation(scene: Scene, num_cameras: int = NUM_CAMERAS, with_lidar: bool = True,
@@ -112,8 +114,15 @@ class TrainingSet:
 
 
 def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: int = IMAGE_SIZE,
-                          text_max_len: int = TEXT_MAX_LEN, first_seed: int = 0) -> TrainingSet:
-    """Layout seeds ``first_seed + [0, num_layouts)``; task 0 of layout ``s`` is ``generate_scene(s)``."""
+                          text_max_len: int = TEXT_MAX_LEN, first_seed: int = 0,
+                          replan_fraction: float = 0.0) -> TrainingSet:
+    """Layout seeds ``first_seed + [0, num_layouts)``; task 0 of layout ``s`` is ``generate_scene(s)``.
+
+    ``replan_fraction`` of the tasks start part-way to their target (``replanned_start``), drawn from
+    their own random stream, so the other tasks are the same for every fraction.
+    """
+    if not 0.0 <= replan_fraction <= 1.0:
+        raise ValueError(f"replan_fraction: expected [0, 1], received {replan_fraction}")
     if first_seed + num_layouts > EVAL_SEED_BASE:
         raise ValueError(f"training seeds must stay below the held-out base {EVAL_SEED_BASE}")
     count = num_layouts * tasks_per_layout
@@ -139,6 +148,9 @@ def generate_training_set(num_layouts: int, tasks_per_layout: int, image_size: i
         for task in range(tasks_per_layout):
             n = layout_i * tasks_per_layout + task
             scene = sample_task(layout, rng, lidar_seed=seed if task == 0 else seed + (task << 32))
+            replan_rng = np.random.default_rng([seed, task, REPLAN_STREAM])
+            if replan_rng.random() < replan_fraction:
+                scene = replanned_start(scene, replan_rng)
             if task == 0:
                 centres = np.array([[b.x, b.y, BLOCK_EDGE_M / 2.0] for b in layout.blocks])
                 block_colors[layout_i, : len(centres)] = [COLOR_NAMES.index(b.color) for b in layout.blocks]

@@ -21,6 +21,7 @@ names a scene on every machine.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -75,6 +76,9 @@ OBSTACLE_RADIUS_M = (0.015, 0.04)
 OBSTACLE_HEIGHT_M = (0.45, 0.80)
 NEAR_SAMPLE_CLEARANCE_M = (0.02, 0.06)
 FAR_MIN_CLEARANCE_M = 0.15
+# Replanned starts (training only): off the straight line by N(0, jitter) per axis, never below this height.
+REPLAN_JITTER_M = 0.015
+REPLAN_MIN_Z_M = 0.01
 # Scene mix: no pole, a pole next to the path (plus maybe a far one), only poles away from it.
 OBSTACLE_MODE_PROBS = (0.3, 0.4, 0.3)
 
@@ -235,6 +239,18 @@ def sample_task(layout: Layout, rng: np.random.Generator, lidar_seed: int) -> Sc
         if pole is not None:
             poles.append(pole)
     return Scene(layout, target_index, text, (float(ee[0]), float(ee[1]), float(ee[2])), tuple(poles), lidar_seed)
+
+
+def replanned_start(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with the end effector part-way to the target and up to a few cm off the line.
+
+    A closed loop asks again after every few executed rows, from wherever the arm is; a policy
+    that only saw starts from the ``EE_*`` box has never seen those states.
+    """
+    start = np.asarray(scene.ee_start, dtype=np.float64)
+    point = start + rng.uniform(0.0, 1.0) * (scene.target_position - start) + rng.normal(0.0, REPLAN_JITTER_M, 3)
+    point[2] = max(point[2], REPLAN_MIN_Z_M)
+    return dataclasses.replace(scene, ee_start=(float(point[0]), float(point[1]), float(point[2])))
 
 
 def generate_scene(seed: int) -> Scene:
