@@ -32,13 +32,13 @@ CAMERAS = ["front", "left", "right"]
 class Robot:
     """Publishes one synthetic observation as the adapters and the robot would, and records commands."""
 
-    def __init__(self, context):
+    def __init__(self, context, live=CAMERAS):
         self.node = rclpy.create_node("fake_robot_sensors", context=context)
         obs = make_observation(generate_scene(21), num_cameras=3, with_lidar=True)
         self.images = {name: rgb_image_msg(image) for name, image in zip(CAMERAS, obs.images)}
         self.lidar = range_image_msg(obs.lidar_range)
         self.state = [float(v) for v in obs.state]
-        self.live = set(CAMERAS)
+        self.live = set(live)
         self.commands = []
         self.state_stamps = set()
         self.request_stamps = []
@@ -72,22 +72,35 @@ class Robot:
 
 
 @pytest.fixture
-def graph(ros_context):
-    server = InferenceNode(context=ros_context, parameter_overrides=[
-        Parameter("model_dir", value=MODEL_DIR), Parameter("num_samples", value=2)])
-    client = VlaClientNode(context=ros_context, parameter_overrides=[Parameter("sensor_timeout_s", value=0.3)])
-    robot = Robot(ros_context)
-    executor = MultiThreadedExecutor(num_threads=6, context=ros_context)
-    for node in (server, client, robot.node):
-        executor.add_node(node)
-    spinner = threading.Thread(target=spin_executor, args=(executor, server), daemon=True)
-    spinner.start()
-    assert server.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert server.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    yield server, client, robot
-    executor.shutdown()  # first: rclpy does not guard a QoS event handler destroyed mid wait-set build
-    spinner.join(5.0)
-    server.release()
+def make_graph(ros_context):
+    """Server, client and fake robot spinning together; ``live`` names the cameras publishing from the start."""
+    stops = []
+
+    def make(live=CAMERAS):
+        server = InferenceNode(context=ros_context, parameter_overrides=[
+            Parameter("model_dir", value=MODEL_DIR), Parameter("num_samples", value=2)])
+        client = VlaClientNode(context=ros_context, parameter_overrides=[Parameter("sensor_timeout_s", value=0.3)])
+        robot = Robot(ros_context, live)
+        executor = MultiThreadedExecutor(num_threads=6, context=ros_context)
+        for node in (server, client, robot.node):
+            executor.add_node(node)
+        spinner = threading.Thread(target=spin_executor, args=(executor, server), daemon=True)
+        spinner.start()
+        stops.append((executor, spinner, server))
+        assert server.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert server.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        return server, client, robot
+
+    yield make
+    for executor, spinner, server in stops:
+        executor.shutdown()  # first: rclpy does not guard a QoS event handler destroyed mid wait-set build
+        spinner.join(5.0)
+        server.release()
+
+
+@pytest.fixture
+def graph(make_graph):
+    return make_graph()
 
 
 def test_client_node_plays_chunks_and_holds_when_a_camera_dies(graph):
@@ -118,3 +131,13 @@ def test_requests_carry_the_state_stamp_not_the_older_images(graph):
     assert wait_for(lambda: len(robot.request_stamps) >= 3, 30.0), client._counts
     assert all(stamp in robot.state_stamps for stamp in robot.request_stamps), (
         robot.request_stamps[:3], sorted(robot.state_stamps)[-3:])
+
+
+def test_nothing_is_sent_until_every_camera_has_delivered_once(make_graph):
+    server, client, robot = make_graph(live=["front", "left"])  # the right camera's driver is still starting
+    time.sleep(2.0)
+    assert server.requests_received == 0 and not client._counts, client._counts
+    assert client._waiting_for == ["right"]
+    robot.live.add("right")
+    assert wait_for(lambda: client._counts.get("OK", 0) >= 2, 30.0), client._counts
+    assert client._counts.get("INVALID_REQUEST", 0) == 0 and client._waiting_for == []

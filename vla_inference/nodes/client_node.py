@@ -4,7 +4,9 @@ Every ``1 / request_rate_hz`` it sends one request (never a second while one is 
 from the freshest data it holds: the camera adapters' images in ``camera_names`` order, the LiDAR
 range image, ``/joint_states`` positions as the state and the last ``/vla/text_cmd``. Data older than
 ``sensor_timeout_s`` is left out rather than faked, so a dead camera shows up as the server's
-INVALID_REQUEST naming ``sensor_data.images``. Received chunks are played out one row per control tick
+INVALID_REQUEST naming ``sensor_data.images``. Until every camera (and the LiDAR, when used) has
+delivered once, nothing is sent and the diagnostics say what is missing: at start-up the drivers
+come up in any order, and a request without them would only come back as an error. Received chunks are played out one row per control tick
 on ``/vla/command`` by the ``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable.
 
 The request is stamped with the state's time (the ``/joint_states`` header stamp, or its arrival
@@ -15,7 +17,7 @@ and skip them, so near the goal the arm stopped short of it and drifted.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -80,6 +82,7 @@ class VlaClientNode(Node):
         self._text = ""
         self._counts: Dict[str, int] = {}
         self._last_state = ExecutorState.IDLE
+        self._waiting_for: List[str] = []
         responses = MutuallyExclusiveCallbackGroup()
         self._client = VlaClient(self, timeout_s=timeout, callback_group=responses, on_result=self._on_result)
         for name in self._cameras:
@@ -129,6 +132,13 @@ class VlaClientNode(Node):
         if stamped_state is None:
             return  # without the robot state there is no observation worth asking about
         stamp, state = stamped_state
+        self._waiting_for = [n for n in self._cameras if n not in self._images]
+        if self._use_lidar and self._lidar is None:
+            self._waiting_for.append("lidar")
+        if self._waiting_for:
+            self.get_logger().warning(f"waiting for the first data from {', '.join(self._waiting_for)}",
+                                      throttle_duration_sec=5.0)
+            return
         images = [img for img in (self._fresh(self._images.get(n), now) for n in self._cameras) if img is not None]
         lidar = self._fresh(self._lidar, now) if self._use_lidar else None
         try:
@@ -169,6 +179,8 @@ class VlaClientNode(Node):
         executing = self._last_state == ExecutorState.EXECUTING
         level = DiagnosticStatus.OK if executing else DiagnosticStatus.WARN
         message = self._last_state.value + (f" ({self._executor.hold_reason})" if not executing else "")
+        if self._waiting_for:
+            message += f"; waiting for the first data from {', '.join(self._waiting_for)}"
         values = {"server_connected": self._client.server_connected, **self._counts}
         self._diagnostics.publish(diagnostic_array(self, "vla_client_node: chunk executor", level, message, values))
 
