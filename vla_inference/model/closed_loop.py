@@ -14,17 +14,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, Tuple
+from typing import Deque, Dict, Tuple
 
 import numpy as np
 
 from vla_inference.client.chunk_executor import ChunkExecutor, HoldPolicy
 from vla_inference.model.config import VlaConfig
+from vla_inference.model.evaluate import Sampler, sample_in_batches
 from vla_inference.runtime.observation import vision_feeds
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE, make_observation
 from vla_inference.synthetic.scene import SLOW_STEP_M, SUCCESS_TOLERANCE_M, generate_scene, step_length
-
-Sampler = Callable[[Dict[str, np.ndarray], np.ndarray, int], np.ndarray]
 
 CONTROL_PERIOD_S = 0.05  # the synthetic robot's 20 Hz
 MAX_CHUNK_AGE_S = 1.0
@@ -61,7 +60,8 @@ def closed_loop_success(sampler: Sampler, cfg: VlaConfig, num_scenes: int, steps
         if row % settings.request_every == 0:
             feeds["state"][:, :3] = positions
             noise = rng.standard_normal((num_scenes, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
-            in_flight.append((row + settings.latency_rows, now_s, _sample(sampler, feeds, noise, steps, settings.batch)))
+            chunks = sample_in_batches(sampler, feeds, noise, steps, settings.batch)
+            in_flight.append((row + settings.latency_rows, now_s, chunks))
         while in_flight and in_flight[0][0] <= row:
             _, stamp_s, chunks = in_flight.popleft()
             for executor, chunk in zip(executors, chunks):
@@ -88,10 +88,3 @@ def closed_loop_success(sampler: Sampler, cfg: VlaConfig, num_scenes: int, steps
         "latency_rows": settings.latency_rows,
     }
 
-
-def _sample(sampler: Sampler, feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int, batch: int) -> np.ndarray:
-    parts: List[np.ndarray] = []
-    for start in range(0, noise.shape[0], batch):
-        part = slice(start, start + batch)
-        parts.append(sampler({k: v[part] for k, v in feeds.items()}, noise[part], steps))
-    return np.concatenate(parts)

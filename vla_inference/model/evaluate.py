@@ -24,7 +24,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.closed_loop import LoopSettings, closed_loop_success
 from vla_inference.model.config import VlaConfig
 from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, check_inputs, engine_specs
 from vla_inference.runtime.manifest import load_manifest
@@ -153,13 +152,18 @@ def torch_sampler(weights: Path, cfg: VlaConfig) -> Sampler:
     return sample
 
 
-def _batched(sampler: Sampler, eval_set: EvalSet, steps: int, noise: Optional[np.ndarray] = None) -> np.ndarray:
-    noise = eval_set.noise if noise is None else noise
+def sample_in_batches(sampler: Sampler, feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int,
+                      batch: int = EVAL_BATCH) -> np.ndarray:
+    """One chunk per row of ``noise``, asked ``batch`` scenes at a time (bounded memory per call)."""
     chunks = []
-    for start in range(0, len(eval_set), EVAL_BATCH):
-        part = slice(start, start + EVAL_BATCH)
-        chunks.append(sampler({k: v[part] for k, v in eval_set.feeds.items()}, noise[part], steps))
+    for start in range(0, noise.shape[0], batch):
+        part = slice(start, start + batch)
+        chunks.append(sampler({k: v[part] for k, v in feeds.items()}, noise[part], steps))
     return np.concatenate(chunks)
+
+
+def _batched(sampler: Sampler, eval_set: EvalSet, steps: int) -> np.ndarray:
+    return sample_in_batches(sampler, eval_set.feeds, eval_set.noise, steps)
 
 
 def score(predicted: np.ndarray, eval_set: EvalSet) -> Dict[str, float]:
@@ -232,6 +236,8 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
             ablated = with_sensors(eval_set, cameras, lidar)
             ablations[name] = score(_batched(reference.sample, ablated, steps), ablated)
         report["ablations_onnxruntime_fp32"] = ablations
+        from vla_inference.model.closed_loop import LoopSettings, closed_loop_success  # it imports this module
+
         report["closed_loop_onnxruntime_fp32"] = {}
         for latency in CLOSED_LOOP_LATENCY_ROWS:
             log(f"closed loop ({CLOSED_LOOP_SCENES} scenes, answers {latency} rows after the request)")
