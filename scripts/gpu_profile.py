@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vla_inference.model.config import get_preset
+from vla_inference.lab.bench import bench_observations
 from vla_inference.model.policy import build_policy
 from vla_inference.runtime.backends.torch_backend import TorchBackend
-from vla_inference.runtime.bench import bench_observations
 from vla_inference.runtime.pipeline import InferencePipeline
+from vla_inference.spec.config import get_preset
 
 
 def variant_options(name: str) -> dict:

@@ -8,9 +8,9 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import spin_until
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
-from ros_helpers import spin_until
 from vla_inference.nodes.camera_adapter_node import CameraAdapterNode
 from vla_inference.nodes.lidar_adapter_node import LidarAdapterNode
 

@@ -11,19 +11,19 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import wait_for
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
-from vla_msgs.msg import InferenceRequest
 
-from ros_helpers import wait_for
-from vla_inference import contract
+from vla_inference import qos
 from vla_inference.client.vla_client import range_image_msg, rgb_image_msg
-from vla_inference.nodes.client_node import (
-    COMMAND_TOPIC, LIDAR_TOPIC, STATE_TOPIC, TEXT_QOS, VlaClientNode, camera_topic,
-)
+from vla_inference.nodes.client_node import VlaClientNode
 from vla_inference.nodes.entry_point import spin_executor
 from vla_inference.nodes.inference_node import InferenceNode
+from vla_inference.spec import interface
+from vla_inference.spec.interface import COMMAND_TOPIC, LIDAR_TOPIC, STATE_TOPIC, camera_topic
 from vla_inference.synthetic import generate_scene, make_observation
+from vla_msgs.msg import InferenceRequest
 
 MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR", "")
 CAMERAS = ["front", "left", "right"]
@@ -46,12 +46,12 @@ class Robot:
                             for n in CAMERAS}
         self.lidar_pub = self.node.create_publisher(Image, LIDAR_TOPIC, qos_profile_sensor_data)
         self.state_pub = self.node.create_publisher(JointState, STATE_TOPIC, qos_profile_sensor_data)
-        text_pub = self.node.create_publisher(String, contract.TEXT_CMD_TOPIC, TEXT_QOS)
+        text_pub = self.node.create_publisher(String, interface.TEXT_CMD_TOPIC, qos.TEXT_CMD_QOS)
         text_pub.publish(String(data=obs.text))
         self.node.create_subscription(Float32MultiArray, COMMAND_TOPIC,
                                       lambda m: self.commands.append(np.asarray(m.data)), 10)
-        self.node.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, self.on_request,
-                                      contract.INFERENCE_QOS)
+        self.node.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, self.on_request,
+                                      qos.INFERENCE_QOS)
         self.node.create_timer(0.05, self.tick)
 
     def on_request(self, msg):

@@ -19,17 +19,18 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
-from vla_msgs.msg import InferenceRequest, InferenceResponse
-from vla_msgs.srv import Infer
-
 from ros_helpers import wait_for, wait_future
-from vla_inference import contract
+from sensor_msgs.msg import Image
+
+from vla_inference import qos
 from vla_inference.client.vla_client import VlaClient, build_request, range_image_msg, rgb_image_msg
 from vla_inference.nodes.entry_point import spin_executor
 from vla_inference.nodes.inference_node import InferenceNode
 from vla_inference.serving.inference_server import Status
+from vla_inference.spec import interface
 from vla_inference.synthetic import generate_scene, make_observation
+from vla_msgs.msg import InferenceRequest, InferenceResponse
+from vla_msgs.srv import Infer
 
 NODE = "vla_inference_node"
 # The shipped policy by default; VLA_TEST_MODEL_DIR points the tests at another model directory.
@@ -50,7 +51,7 @@ class Graph:
         self.change_state_client = self.peer.create_client(ChangeState, f"/{NODE}/change_state")
         self.get_state_client = self.peer.create_client(GetState, f"/{NODE}/get_state")
         self.set_params_client = self.peer.create_client(SetParameters, f"/{NODE}/set_parameters")
-        self.infer_client = self.peer.create_client(Infer, contract.INFER_SERVICE)
+        self.infer_client = self.peer.create_client(Infer, interface.INFER_SERVICE)
         for client in (self.change_state_client, self.get_state_client, self.set_params_client):
             assert client.wait_for_service(timeout_sec=10.0)
 
@@ -266,8 +267,8 @@ def test_flood_at_30hz_is_rate_limited_and_every_request_answered_once(graph_fac
             responses.append((msg.request_id, msg.status, time.monotonic()))
 
     monitor_qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
-    graph.peer.create_subscription(InferenceResponse, contract.RESPONSE_TOPIC, on_response, monitor_qos)
-    publisher = graph.peer.create_publisher(InferenceRequest, contract.REQUEST_TOPIC, contract.INFERENCE_QOS)
+    graph.peer.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, on_response, monitor_qos)
+    publisher = graph.peer.create_publisher(InferenceRequest, interface.REQUEST_TOPIC, qos.INFERENCE_QOS)
     assert wait_for(lambda: publisher.get_subscription_count() > 0, 10.0)
     template = scene_request(0)
     process = psutil.Process()

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from vla_inference.runtime.manifest import shipped_model_dir
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.serving.inference_server import InferenceServer, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
+from vla_inference.spec.manifest import shipped_model_dir
 from vla_inference.synthetic import generate_scene, make_observation
 
 MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR") or str(shipped_model_dir())

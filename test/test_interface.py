@@ -4,12 +4,13 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+from ros_helpers import spin_until
 from sensor_msgs.msg import Image
+
+from vla_inference import qos
+from vla_inference.spec import interface
 from vla_msgs.msg import InferenceRequest, InferenceResponse, SensorData
 from vla_msgs.srv import Infer
-
-from ros_helpers import spin_until
-from vla_inference import contract
 
 
 def _image(rng: np.random.Generator) -> Image:
@@ -87,13 +88,13 @@ def test_status_constants_and_field_types_match_the_contract():
 
 
 def test_contract_names_and_qos():
-    assert contract.REQUEST_TOPIC == "/vla/inference/request"
-    assert contract.RESPONSE_TOPIC == "/vla/inference/response"
-    assert contract.INFER_SERVICE == "/vla/inference/infer"
-    qos = contract.INFERENCE_QOS
-    assert qos.reliability == ReliabilityPolicy.RELIABLE
-    assert qos.history == HistoryPolicy.KEEP_LAST and qos.depth == 1
-    assert qos.durability == DurabilityPolicy.VOLATILE
+    assert interface.REQUEST_TOPIC == "/vla/inference/request"
+    assert interface.RESPONSE_TOPIC == "/vla/inference/response"
+    assert interface.INFER_SERVICE == "/vla/inference/infer"
+    profile = qos.INFERENCE_QOS
+    assert profile.reliability == ReliabilityPolicy.RELIABLE
+    assert profile.history == HistoryPolicy.KEEP_LAST and profile.depth == 1
+    assert profile.durability == DurabilityPolicy.VOLATILE
 
 
 def test_request_with_three_images_and_lidar_arrives_intact_over_dds(ros_context):
@@ -103,8 +104,8 @@ def test_request_with_three_images_and_lidar_arrives_intact_over_dds(ros_context
     executor.add_node(sender)
     executor.add_node(receiver)
     received = []
-    receiver.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, received.append, contract.INFERENCE_QOS)
-    publisher = sender.create_publisher(InferenceRequest, contract.REQUEST_TOPIC, contract.INFERENCE_QOS)
+    receiver.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, received.append, qos.INFERENCE_QOS)
+    publisher = sender.create_publisher(InferenceRequest, interface.REQUEST_TOPIC, qos.INFERENCE_QOS)
     assert spin_until(executor, lambda: publisher.get_subscription_count() > 0, 10.0), "no DDS match"
     request = _request()
     publisher.publish(request)
@@ -129,8 +130,8 @@ def test_infer_service_round_trip_over_dds(ros_context):
         res.response.action_seq = [0.5, -1.0, 2.0, 3.25, 4.0, -5.5]
         return res
 
-    server.create_service(Infer, contract.INFER_SERVICE, handle)
-    client = caller.create_client(Infer, contract.INFER_SERVICE)
+    server.create_service(Infer, interface.INFER_SERVICE, handle)
+    client = caller.create_client(Infer, interface.INFER_SERVICE)
     assert spin_until(executor, client.service_is_ready, 10.0), "service never became ready"
     request = _request(seed=11)
     future = client.call_async(Infer.Request(request=request))

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_inference.model.closed_loop import LoopSettings, closed_loop_success
-from vla_inference.model.config import tiny
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION
-from vla_inference.model.evaluate import OrtPolicy
-from vla_inference.runtime.manifest import load_manifest, shipped_model_dir
+from vla_inference.lab.closed_loop import LoopSettings, closed_loop_success
+from vla_inference.lab.sampler import EngineSampler
+from vla_inference.spec.config import tiny
+from vla_inference.spec.manifest import load_manifest, shipped_model_dir
 from vla_inference.synthetic import EVAL_SEED_BASE, expert_actions, generate_scene
 
 SCENES = 12
@@ -57,7 +56,6 @@ def test_bad_loop_settings_are_refused():
 def test_the_shipped_policy_reaches_targets_when_asked_from_part_way():
     # Without latency every executed row comes from a chunk planned part-way along the path.
     manifest = load_manifest(Path(MODEL_DIR) if MODEL_DIR else shipped_model_dir())
-    policy = OrtPolicy(manifest.engine("fp32", VISION).path, manifest.engine("fp32", ACTION_EXPERT).path,
-                       manifest.config)
-    result = closed_loop_success(policy.sample, manifest.config, 20, 10, LoopSettings(latency_rows=0))
+    with EngineSampler(manifest) as sampler:
+        result = closed_loop_success(sampler, manifest.config, 20, 10, LoopSettings(latency_rows=0))
     assert result["success"] >= 0.9, result

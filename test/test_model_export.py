@@ -7,12 +7,14 @@ import onnx
 import pytest
 import torch
 
-from vla_inference.model.config import BackboneConfig, ExpertConfig, LidarConfig, VisionConfig, VlaConfig
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, engine_specs
-from vla_inference.model.evaluate import OrtPolicy, build_eval_set
+from vla_inference.lab.evaluate import build_eval_set
+from vla_inference.lab.sampler import EngineSampler
 from vla_inference.model.export import export_model_dir, random_feeds
 from vla_inference.model.policy import build_policy, load_policy
-from vla_inference.runtime.manifest import ModelDirError, load_manifest
+from vla_inference.runtime.backends import HostPrefix
+from vla_inference.spec.config import BackboneConfig, ExpertConfig, LidarConfig, VisionConfig, VlaConfig
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, engine_specs
+from vla_inference.spec.manifest import ModelDirError, load_manifest
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny"
 PARITY_ATOL = 1e-4
@@ -32,7 +34,8 @@ def torch_policy(manifest):
 
 @pytest.fixture(scope="module")
 def ort_fp32(manifest):
-    return OrtPolicy(manifest.engine("fp32", VISION).path, manifest.engine("fp32", ACTION_EXPERT).path, manifest.config)
+    with EngineSampler(manifest, "fp32") as sampler:
+        yield sampler
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,8 @@ def test_onnx_files_follow_the_engine_contract(manifest):
 
 def test_vision_engine_parity(torch_policy, ort_fp32, held_out):
     feeds = held_out.feeds
-    kv, mask = ort_fp32.encode(feeds)
+    prefix = ort_fp32.encode(feeds)
+    kv, mask = prefix.prefix_kv, prefix.prefix_mask
     with torch.no_grad():
         ref_kv, ref_mask = torch_policy.vision_engine(*(torch.from_numpy(feeds[n]) for n in feeds))
     assert np.array_equal(mask, ref_mask.numpy())
@@ -91,14 +95,14 @@ def test_action_expert_parity(torch_policy, ort_fp32, held_out):
         kv, mask = torch_policy.vision_engine(*(torch.from_numpy(v) for v in held_out.feeds.values()))
     for t in (1.0, 0.5, 0.1):
         time = np.full(len(held_out), t, np.float32)
-        got = ort_fp32.velocity(held_out.noise, time, kv.numpy(), mask.numpy())
+        got = ort_fp32.velocity(held_out.noise, time, HostPrefix(kv.numpy(), mask.numpy()))
         with torch.no_grad():
             ref = torch_policy.action_expert(torch.from_numpy(held_out.noise), torch.from_numpy(time), kv, mask)
         assert np.abs(got - ref.numpy()).max() <= PARITY_ATOL
 
 
 def test_full_ten_step_chunk_parity(torch_policy, ort_fp32, held_out):
-    got = ort_fp32.sample(held_out.feeds, held_out.noise, steps=10)
+    got = ort_fp32(held_out.feeds, held_out.noise, steps=10)
     ref = torch_policy.sample({k: torch.from_numpy(v) for k, v in held_out.feeds.items()}, 10,
                               torch.from_numpy(held_out.noise)).numpy()
     assert np.abs(got - ref).max() <= PARITY_ATOL
@@ -106,8 +110,8 @@ def test_full_ten_step_chunk_parity(torch_policy, ort_fp32, held_out):
 
 def test_dynamic_batch(ort_fp32, manifest):
     for batch in (1, 4):
-        kv, mask = ort_fp32.encode(random_feeds(manifest.config, batch, seed=batch))
-        assert kv.shape[0] == batch and mask.shape[0] == batch
+        prefix = ort_fp32.encode(random_feeds(manifest.config, batch, seed=batch))
+        assert prefix.prefix_kv.shape[0] == batch and prefix.prefix_mask.shape[0] == batch
 
 
 @pytest.mark.parametrize(
@@ -139,8 +143,8 @@ def test_random_weight_model_dir_for_a_small_config(tmp_path):
     export_model_dir(policy, cfg, tmp_path / "small")
     loaded = load_manifest(tmp_path / "small")
     assert loaded.config == cfg and loaded.precisions == ("fp32",)
-    runtime = OrtPolicy(loaded.engine("fp32", VISION).path, loaded.engine("fp32", ACTION_EXPERT).path, cfg)
+    runtime = EngineSampler(loaded)
     feeds = random_feeds(cfg, 2)
     noise = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
     ref = policy.sample({k: torch.from_numpy(v) for k, v in feeds.items()}, 3, torch.from_numpy(noise)).numpy()
-    assert np.abs(runtime.sample(feeds, noise, 3) - ref).max() <= PARITY_ATOL
+    assert np.abs(runtime(feeds, noise, 3) - ref).max() <= PARITY_ATOL

@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vla_inference.model.config import BackboneConfig, ExpertConfig, LidarConfig, VisionConfig, VlaConfig, pi05, tiny
-from vla_inference.model.engine_spec import VISION, engine_specs
 from vla_inference.model.export import random_feeds
 from vla_inference.model.policy import (
     AdaRMSNorm,
@@ -18,6 +16,8 @@ from vla_inference.model.policy import (
     load_policy,
     save_policy,
 )
+from vla_inference.spec.config import BackboneConfig, ExpertConfig, LidarConfig, VisionConfig, VlaConfig, pi05, tiny
+from vla_inference.spec.engine_spec import VISION, engine_specs
 
 MiB = 1024 * 1024
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vla_inference.model.config import tiny
+from vla_inference.lab.train import TrainSettings, scramble_commands, train, trajectory_loss
 from vla_inference.model.policy import build_policy
-from vla_inference.model.train import TrainSettings, scramble_commands, train, trajectory_loss
+from vla_inference.spec.config import tiny
 from vla_inference.synthetic.dataset import generate_training_set
 
 SCALE = torch.tensor([0.03, 0.03, 0.03, 1.0, 1.0, 1.0, 1.0, 1.0])

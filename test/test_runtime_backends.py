@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_runtime_support import observations, runtime_model_dir
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION
+
 from vla_inference.runtime.backends import BackendUnavailableError, create_backend
-from vla_inference.runtime.manifest import Manifest, ModelDirError, load_manifest
-from vla_inference.runtime.observation import vision_feeds
 from vla_inference.runtime.pipeline import InferencePipeline
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION
+from vla_inference.spec.manifest import Manifest, ModelDirError, load_manifest
+from vla_inference.spec.observation import vision_feeds
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_runtime_support import runtime_model_dir
-from vla_inference.runtime import bench
+
+from vla_inference.lab import bench
 
 
 def test_bench_writes_json_and_png(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:

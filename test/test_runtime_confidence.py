@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from vla_inference.lab.confidence_eval import random_text, scramble, shuffle_patches
 from vla_inference.runtime.confidence import (
     DEFAULT_SCALE,
     auroc,
@@ -13,9 +14,8 @@ from vla_inference.runtime.confidence import (
     sample_dispersion,
     summarize_samples,
 )
-from vla_inference.runtime.confidence_eval import random_text, scramble, shuffle_patches
-from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.observation import Observation
+from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.observation import Observation
 
 
 def test_identical_samples_are_fully_confident() -> None:
@@ -93,7 +93,7 @@ def test_auroc_counts_ties_half() -> None:
 
 
 def test_scrambles_keep_the_observation_valid() -> None:
-    from vla_inference.model.config import tiny
+    from vla_inference.spec.config import tiny
 
     cfg = tiny()
     rng = np.random.default_rng(2)

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_runtime_support import runtime_model_dir
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION
+
 from vla_inference.runtime.backends import create_backend
-from vla_inference.runtime.manifest import MANIFEST_NAME, ModelDirError, load_manifest, sha256_of
 from vla_inference.runtime.pipeline import InferencePipeline
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION
+from vla_inference.spec.manifest import MANIFEST_NAME, ModelDirError, load_manifest, sha256_of
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_shipped_model_dir_is_found_on_a_host_without_ros(tmp_path: Path) -> Non
     blocker = tmp_path / "ament_index_python"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('no ROS 2 on this host')\n")
-    script = ("from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir\n"
+    script = ("from vla_inference.spec.manifest import MANIFEST_NAME, shipped_model_dir\n"
               "path = shipped_model_dir()\n"
               "assert (path / MANIFEST_NAME).is_file(), path\n"
               "print(path)\n")

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from test_runtime_support import observations, pipeline_threads, runtime_model_dir
-from vla_inference.model.tokenizer import tokenize
+
 from vla_inference.runtime.backends import InferenceError, create_backend
 from vla_inference.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from vla_inference.runtime.manifest import Manifest, load_manifest
 from vla_inference.runtime.pipeline import ActionChunk, InferencePipeline, sample_noise
+from vla_inference.spec.manifest import Manifest, load_manifest
+from vla_inference.spec.tokenizer import tokenize
 
 K = 4
 

@@ -6,12 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from vla_inference.lab.confidence_eval import evaluate_confidence
 from vla_inference.runtime.backends import create_backend
-from vla_inference.runtime.confidence_eval import evaluate_confidence
-from vla_inference.runtime.manifest import Manifest, load_manifest, shipped_model_dir
-from vla_inference.runtime.observation import vision_feeds
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.runtime.sample_views import SampleViews, plan_views, view_feeds
+from vla_inference.spec.manifest import Manifest, load_manifest, shipped_model_dir
+from vla_inference.spec.observation import vision_feeds
 from vla_inference.synthetic import eval_scenes, make_observation
 
 

@@ -13,10 +13,10 @@ from typing import List, Optional
 
 import pytest
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.runtime.bench import bench_observations
-from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir
-from vla_inference.runtime.observation import Observation
+from vla_inference.lab.bench import bench_observations
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.manifest import MANIFEST_NAME, shipped_model_dir
+from vla_inference.spec.observation import Observation
 
 _LOCK = threading.Lock()
 _EXPORTED: Optional[Path] = None
@@ -36,9 +36,10 @@ def runtime_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             export = pytest.importorskip(
                 "vla_inference.model.export", reason="no models/tiny yet and no export_model_dir to build one"
             )
-            from vla_inference.model.config import tiny
-            from vla_inference.model.policy import build_policy
             import torch
+
+            from vla_inference.model.policy import build_policy
+            from vla_inference.spec.config import tiny
 
             torch.manual_seed(0)
             out = tmp_path_factory.mktemp("random_tiny_model")
@@ -57,7 +58,7 @@ def pipeline_threads() -> List[threading.Thread]:
 
 
 def test_model_dir_is_servable(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from vla_inference.runtime.manifest import load_manifest
+    from vla_inference.spec.manifest import load_manifest
 
     manifest = load_manifest(runtime_model_dir(tmp_path_factory))
     assert "fp32" in manifest.precisions

@@ -112,9 +112,10 @@ def test_tensorrt_builds_once_then_loads_and_matches_onnxruntime(tmp_path_factor
     pytest.importorskip("tensorrt", reason="TensorRT's Python bindings do not install here (JetPack / NVIDIA index)")
     pytest.importorskip("cuda.bindings.runtime", reason="the TensorRT backend needs cuda-python")
     from test_runtime_support import observations, runtime_model_dir
+
     from vla_inference.runtime.backends import create_backend
-    from vla_inference.runtime.manifest import load_manifest
     from vla_inference.runtime.pipeline import InferencePipeline
+    from vla_inference.spec.manifest import load_manifest
 
     manifest = load_manifest(runtime_model_dir(tmp_path_factory))
     cache_dir = tmp_path_factory.mktemp("trt_cache")

@@ -14,11 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch backend needs PyTorch")
 
-from vla_inference.model.config import BackboneConfig, VlaConfig, tiny  # noqa: E402
-from vla_inference.model.engine_spec import VISION, engine_specs  # noqa: E402
 from vla_inference.model.policy import build_policy  # noqa: E402
 from vla_inference.runtime.backends.torch_backend import FastPolicy, _patch_conv  # noqa: E402
-from vla_inference.runtime.flow import flow_schedule  # noqa: E402
+from vla_inference.spec.config import BackboneConfig, VlaConfig, tiny  # noqa: E402
+from vla_inference.spec.engine_spec import VISION, engine_specs  # noqa: E402
+from vla_inference.spec.flow import flow_schedule  # noqa: E402
 
 TOLERANCE = 1e-5
 

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vla_inference.model.config import tiny
-from vla_inference.model.engine_spec import VISION, check_inputs, engine_specs
-from vla_inference.runtime.observation import vision_feeds
+from vla_inference.spec.config import tiny
+from vla_inference.spec.engine_spec import VISION, check_inputs, engine_specs
+from vla_inference.spec.observation import vision_feeds
 from vla_inference.synthetic import (
     EVAL_SEED_BASE,
     SUCCESS_TOLERANCE_M,

@@ -37,8 +37,8 @@ from __future__ import annotations
 import enum
 import math
 import threading
-from dataclasses import dataclass
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Deque, Optional, Sequence, Tuple
 
 import numpy as np

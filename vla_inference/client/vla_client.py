@@ -23,9 +23,10 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
-from vla_msgs.msg import InferenceRequest, InferenceResponse, SensorData
 
-from vla_inference import contract
+from vla_inference import qos
+from vla_inference.spec import interface
+from vla_msgs.msg import InferenceRequest, InferenceResponse, SensorData
 
 STATUS_NAMES = {
     value: name[len("STATUS_"):]
@@ -126,9 +127,9 @@ class VlaClient:
         self._done = threading.Event()
         self._result: Optional[ClientResult] = None
         self._retry_at = 0.0
-        self._publisher = node.create_publisher(InferenceRequest, contract.REQUEST_TOPIC, contract.INFERENCE_QOS)
+        self._publisher = node.create_publisher(InferenceRequest, interface.REQUEST_TOPIC, qos.INFERENCE_QOS)
         self._subscription = node.create_subscription(
-            InferenceResponse, contract.RESPONSE_TOPIC, self._on_response, contract.INFERENCE_QOS,
+            InferenceResponse, interface.RESPONSE_TOPIC, self._on_response, qos.INFERENCE_QOS,
             callback_group=callback_group)
 
     @property

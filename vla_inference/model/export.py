@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import torch
 
-from vla_inference.model.config import VlaConfig, get_preset
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
 from vla_inference.model.policy import VlaPolicy, build_policy, load_policy, save_policy
-from vla_inference.runtime.manifest import write_manifest
+from vla_inference.spec.config import VlaConfig, get_preset
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
+from vla_inference.spec.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
 from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
 
 # Additive attention bias for masked keys: exp(-30000) is 0 in fp32/bf16 and it stays finite in fp16.
 MASK_BIAS = -30000.0

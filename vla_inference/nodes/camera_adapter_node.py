@@ -20,8 +20,8 @@ from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 from vla_inference.sensors.image_codec import decode_compressed_msg, decode_image_msg
 from vla_inference.sensors.image_preprocessing import resize_to_model
+from vla_inference.spec.interface import RESIZE_MODES
 
-RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 WARN_PERIOD_S = 5.0
 
 

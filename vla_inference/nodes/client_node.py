@@ -22,28 +22,28 @@ from typing import Any, Dict, List, Optional, Tuple
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
-from vla_msgs.msg import InferenceResponse
 
-from vla_inference import contract
 from vla_inference.client.chunk_executor import ChunkExecutor, ExecutorState, HoldPolicy
 from vla_inference.client.vla_client import ClientBusyError, ClientResult, VlaClient
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
+from vla_inference.qos import TEXT_CMD_QOS
+from vla_inference.spec.interface import (
+    COMMAND_TOPIC,
+    LIDAR_TOPIC,
+    MAX_DENOISING_STEPS,
+    STATE_TOPIC,
+    TEXT_CMD_TOPIC,
+    camera_topic,
+)
+from vla_msgs.msg import InferenceResponse
 
-COMMAND_TOPIC = "/vla/command"
 REQUEST_TICK_S = 0.02  # pacing resolution of the request loop
-STATE_TOPIC = "/joint_states"
-LIDAR_TOPIC = "/vla/lidar/range_image"
-TEXT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def camera_topic(name: str) -> str:
-    return f"/vla/camera/{name}/image"
 
 
 class VlaClientNode(Node):
@@ -70,7 +70,7 @@ class VlaClientNode(Node):
         self._state_dim = declare(self, "state_dim", 8, "Joint positions sent as the state.", int_range=(1, 256),
                                   read_only=True)
         self._steps = declare(self, "denoising_steps", 0, "Steps asked per request; 0 = the server's parameter.",
-                              int_range=(0, contract.MAX_DENOISING_STEPS))
+                              int_range=(0, MAX_DENOISING_STEPS))
         delta_dims = declare(self, "delta_dims", [0, 1, 2], "Action columns that are position deltas: a new chunk "
                              "starts where the executed deltas put the robot on its plan; [] = count executed rows.",
                              read_only=True)
@@ -91,7 +91,7 @@ class VlaClientNode(Node):
         if self._use_lidar:
             self.create_subscription(Image, LIDAR_TOPIC, self._store_lidar, qos_profile_sensor_data)
         self.create_subscription(JointState, STATE_TOPIC, self._store_state, qos_profile_sensor_data)
-        self.create_subscription(String, contract.TEXT_CMD_TOPIC, self._store_text, TEXT_QOS)
+        self.create_subscription(String, TEXT_CMD_TOPIC, self._store_text, TEXT_CMD_QOS)
         self._command_pub = self.create_publisher(Float32MultiArray, COMMAND_TOPIC, 10)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._request_period_s = 1.0 / request_rate

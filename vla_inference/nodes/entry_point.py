@@ -9,7 +9,6 @@ from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
-
 SHUTDOWN_RACE_S = 1.0
 
 

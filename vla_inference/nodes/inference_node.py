@@ -24,20 +24,20 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from vla_msgs.msg import InferenceRequest, InferenceResponse
-from vla_msgs.srv import Infer
 
-from vla_inference import contract
+from vla_inference import qos
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
-from vla_inference.runtime.manifest import shipped_model_dir
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 from vla_inference.serving.inference_server import InferenceServer, Reply, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
+from vla_inference.spec import interface
+from vla_inference.spec.interface import BACKENDS, RESIZE_MODES
+from vla_inference.spec.manifest import shipped_model_dir
+from vla_msgs.msg import InferenceRequest, InferenceResponse
+from vla_msgs.srv import Infer
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
-RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
 AT_CONFIGURE = (
     "backend", "model_dir", "precision", "device", "engine_cache_dir", "intra_op_threads", "camera_names",
@@ -94,7 +94,7 @@ class InferenceNode(LifecycleNode):
         declare(self, "pipelining", True, "Overlap the next request's vision stage with the current denoising."
                 + unconfigured)
         declare(self, "denoising_steps", 10, "Euler steps of the action expert; a request's non-zero "
-                "denoising_steps overrides it." + live, int_range=(1, contract.MAX_DENOISING_STEPS))
+                "denoising_steps overrides it." + live, int_range=(1, interface.MAX_DENOISING_STEPS))
         declare(self, "max_request_rate_hz", 5.0, "Accepted requests per second at most; faster ones are answered "
                 "REJECTED_RATE_LIMIT with retry_after_ms." + live, float_range=(0.1, 100.0))
         declare(self, "deadline_ms", 500.0, "Inference finishing later than this after receipt is answered "
@@ -146,11 +146,11 @@ class InferenceNode(LifecycleNode):
             resize_mode=self._param("image_resize_mode"),
         )
         self._server = InferenceServer(self._pipeline, RequestValidator(limits), self._settings())
-        self._response_pub = self.create_publisher(InferenceResponse, contract.RESPONSE_TOPIC, contract.INFERENCE_QOS)
+        self._response_pub = self.create_publisher(InferenceResponse, interface.RESPONSE_TOPIC, qos.INFERENCE_QOS)
         self._request_sub = self.create_subscription(
-            InferenceRequest, contract.REQUEST_TOPIC, self._on_request, contract.INFERENCE_QOS,
+            InferenceRequest, interface.REQUEST_TOPIC, self._on_request, qos.INFERENCE_QOS,
             callback_group=self._request_group)
-        self._service = self.create_service(Infer, contract.INFER_SERVICE, self._on_infer,
+        self._service = self.create_service(Infer, interface.INFER_SERVICE, self._on_infer,
                                             callback_group=self._service_group)
         self._state_label = "inactive"
         self.get_logger().info(
@@ -160,8 +160,8 @@ class InferenceNode(LifecycleNode):
 
     def _load_pipeline(self) -> tuple:
         from vla_inference.runtime.backends import create_backend
-        from vla_inference.runtime.manifest import load_manifest
         from vla_inference.runtime.pipeline import InferencePipeline
+        from vla_inference.spec.manifest import load_manifest
 
         model_dir = Path(self._param("model_dir") or shipped_model_dir())
         manifest = load_manifest(model_dir)

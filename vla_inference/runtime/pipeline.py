@@ -39,13 +39,13 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig
 from vla_inference.runtime.backends import Backend, InferenceError, create_backend
 from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
-from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.manifest import load_manifest
-from vla_inference.runtime.observation import Observation, vision_feeds
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, max_view_rows, plan_views, view_feeds
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.manifest import load_manifest
+from vla_inference.spec.observation import Observation, vision_feeds
 
 LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import operator
 import cv2
 import numpy as np
 
-RESIZE_MODES = ("stretch", "letterbox", "center_crop")
+from vla_inference.spec.interface import RESIZE_MODES
 
 
 def _resize(rgb: np.ndarray, out_height: int, out_width: int) -> np.ndarray:

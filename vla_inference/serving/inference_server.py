@@ -18,8 +18,8 @@ Plain Python (no rclpy) so the whole request contract is testable alone:
 from __future__ import annotations
 
 import enum
-import math
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +28,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from vla_inference.runtime.observation import Observation
 from vla_inference.serving.latency_stats import LatencyStats
 from vla_inference.serving.rate_limiter import RateLimiter
 from vla_inference.serving.request_slot import RequestSlot, SlotClosedError
@@ -38,6 +37,7 @@ from vla_inference.serving.request_validator import (
     RequestValidator,
     ValidatedRequest,
 )
+from vla_inference.spec.observation import Observation
 
 LOG = logging.getLogger(__name__)
 MODEL_TIME_HISTORY = 1024

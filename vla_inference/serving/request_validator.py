@@ -23,7 +23,8 @@ from typing import Any, List, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from vla_inference.sensors.image_codec import MAX_IMAGE_DIM, ImageDecodeError, decode_image
-from vla_inference.sensors.image_preprocessing import RESIZE_MODES, resize_to_model
+from vla_inference.sensors.image_preprocessing import resize_to_model
+from vla_inference.spec.interface import MAX_DENOISING_STEPS, MAX_TEXT_BYTES, RESIZE_MODES
 
 LIDAR_ENCODING = "32FC1"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -59,8 +60,8 @@ class ValidationLimits:
     lidar_cols: int = 1024
     image_size: int = 224
     resize_mode: str = "stretch"
-    max_text_bytes: int = 512
-    max_denoising_steps: int = 50
+    max_text_bytes: int = MAX_TEXT_BYTES
+    max_denoising_steps: int = MAX_DENOISING_STEPS
     exact_image_layout: bool = True
     max_image_dim: int = MAX_IMAGE_DIM
 

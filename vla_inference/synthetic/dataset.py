@@ -14,11 +14,11 @@ from typing import Dict, Iterator
 
 import numpy as np
 
-from vla_inference.model.tokenizer import normalize_text, tokenize
-from vla_inference.runtime.observation import Observation
+from vla_inference.sensors.lidar_projection import DEFAULT_COLS, DEFAULT_ROWS, beam_rows
+from vla_inference.spec.observation import Observation
+from vla_inference.spec.tokenizer import normalize_text, tokenize
 from vla_inference.synthetic.lidar import RING_ELEVATIONS_DEG, lidar_range_image
 from vla_inference.synthetic.render import CAMERAS, NUM_CAMERAS, project_points, render_camera
-from vla_inference.sensors.lidar_projection import DEFAULT_COLS, DEFAULT_ROWS, beam_rows
 from vla_inference.synthetic.scene import (
     ACTION_DIM,
     BLOCK_EDGE_M,
@@ -90,7 +90,7 @@ class TrainingSet:
 
     def vision_feeds(self, indices: np.ndarray, num_cameras: np.ndarray, with_lidar: np.ndarray) -> Dict[str, np.ndarray]:
         """The vision engine's inputs for tasks ``indices``, with cameras/LiDAR masked out as asked
-        (absent inputs are zero-filled, as ``runtime.observation.vision_feeds`` does)."""
+        (absent inputs are zero-filled, as ``spec.observation.vision_feeds`` does)."""
         indices = np.asarray(indices)
         batch = indices.shape[0]
         cameras = self.images.shape[1]

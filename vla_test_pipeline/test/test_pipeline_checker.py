@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from vla_msgs.msg import InferenceResponse as R
 
+from vla_msgs.msg import InferenceResponse as R
 from vla_test_pipeline.checker import SmokeRecorder, Thresholds, accepted_rate, format_table
 from vla_test_pipeline.report import write_artifacts
 

@@ -19,11 +19,11 @@ from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
+
+from vla_inference import qos
+from vla_inference.spec import interface
+from vla_inference.spec.manifest import MANIFEST_NAME, shipped_model_dir
 from vla_msgs.msg import InferenceResponse
-
-from vla_inference import contract
-from vla_inference.runtime.manifest import MANIFEST_NAME, shipped_model_dir
-
 from vla_test_pipeline.checker import format_table
 from vla_test_pipeline.checker_node import SmokeCheckerNode
 from vla_test_pipeline.graph import INFERENCE_NODE, GraphConfig, NodeSpec, checker_parameters
@@ -50,7 +50,7 @@ class Responses:
     def __init__(self, session: GraphSession) -> None:
         self._lock = threading.Lock()
         self._items: List[tuple] = []
-        session.node.create_subscription(InferenceResponse, contract.RESPONSE_TOPIC, self._on, contract.INFERENCE_QOS)
+        session.node.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, self._on, qos.INFERENCE_QOS)
 
     def _on(self, msg: InferenceResponse) -> None:
         with self._lock:
@@ -105,7 +105,8 @@ EXPERT_SERVER = textwrap.dedent(f"""
     from rclpy.lifecycle import LifecycleNode
     from std_msgs.msg import UInt32
     from vla_msgs.msg import InferenceRequest, InferenceResponse
-    from vla_inference import contract
+    from vla_inference import qos
+from vla_inference.spec import interface
     from vla_inference.nodes.entry_point import spin_node
     from vla_inference.synthetic.scene import expert_actions, generate_scene
     from vla_test_pipeline import topics
@@ -116,8 +117,8 @@ EXPERT_SERVER = textwrap.dedent(f"""
             self.scene = None
             self.active = False
             self.create_subscription(UInt32, topics.SCENE_TOPIC, self.on_scene, topics.LATCHED_QOS)
-            self.pub = self.create_publisher(InferenceResponse, contract.RESPONSE_TOPIC, contract.INFERENCE_QOS)
-            self.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, self.on_request, contract.INFERENCE_QOS)
+            self.pub = self.create_publisher(InferenceResponse, interface.RESPONSE_TOPIC, qos.INFERENCE_QOS)
+            self.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, self.on_request, qos.INFERENCE_QOS)
 
         def on_scene(self, msg):
             self.scene = generate_scene(msg.data)

@@ -86,9 +86,9 @@ def test_every_executable_is_a_console_script_and_installed():
 def test_launch_description_builds_from_the_graph():
     pytest.importorskip("launch_ros", reason="launch_ros is not installable here (no PyPI/Debian package); "
                         "the runner covers the graph on this machine")
-    from launch import LaunchDescription
     from launch_ros.actions import LifecycleNode, Node
 
+    from launch import LaunchDescription
     from vla_test_pipeline.launch_description import generate_launch_description, graph_actions
 
     description = generate_launch_description()
@@ -103,6 +103,7 @@ def test_launch_description_builds_from_the_graph():
 
 def test_installed_launch_file_exposes_the_description_without_importing_launch():
     import runpy
+
     from ament_index_python.packages import get_package_share_directory
 
     launch_file = Path(get_package_share_directory("vla_test_pipeline")) / "launch" / "launch.py"

@@ -6,7 +6,6 @@ import pytest
 
 from vla_inference.synthetic.lidar import lidar_points
 from vla_inference.synthetic.scene import expert_actions, generate_scene
-
 from vla_test_pipeline.episode import EpisodeSettings, ReachEpisode, expert_path
 from vla_test_pipeline.sim_sensors import RINGS, camera_indices, organised_sweep, render_bgr
 

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
 import numpy as np
-from vla_msgs.msg import InferenceResponse
 
 from vla_inference.client.vla_client import STATUS_NAMES
+from vla_msgs.msg import InferenceResponse
 
 OK = InferenceResponse.STATUS_OK
 NOT_ACCEPTED = (InferenceResponse.STATUS_REJECTED_RATE_LIMIT, InferenceResponse.STATUS_NOT_READY)

@@ -19,12 +19,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from std_msgs.msg import String
-from vla_msgs.msg import InferenceRequest, InferenceResponse
 
-from vla_inference import contract
+from vla_inference import qos
 from vla_inference.nodes.parameters import declare
+from vla_inference.spec import interface
 from vla_inference.synthetic.scene import SUCCESS_TOLERANCE_M
-
+from vla_msgs.msg import InferenceRequest, InferenceResponse
 from vla_test_pipeline import topics
 from vla_test_pipeline.checker import SmokeRecorder, SmokeReport, Thresholds, format_table
 from vla_test_pipeline.graph import CHECKER_NODE, INFERENCE_NODE
@@ -65,9 +65,9 @@ class SmokeCheckerNode(Node):
                                   "no files.", read_only=True)
         self.recorder = SmokeRecorder(window_start=time.time())
         self._deadline = time.monotonic() + self.duration_s
-        self.create_subscription(InferenceRequest, contract.REQUEST_TOPIC, self._on_request, contract.INFERENCE_QOS)
-        self.create_subscription(InferenceResponse, contract.RESPONSE_TOPIC, self._on_response,
-                                 contract.INFERENCE_QOS)
+        self.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, self._on_request, qos.INFERENCE_QOS)
+        self.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, self._on_response,
+                                 qos.INFERENCE_QOS)
         self.create_subscription(String, topics.EPISODE_TOPIC, self._on_episode, topics.EPISODE_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 

@@ -21,8 +21,16 @@ from rclpy.parameter import Parameter
 from vla_test_pipeline.checker import format_table
 from vla_test_pipeline.checker_node import SmokeCheckerNode
 from vla_test_pipeline.graph import checker_parameters, graph_environment
-from vla_test_pipeline.runner import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, GraphSession, add_graph_arguments,
-                                      config_from_args, stop_on_signals, timestamped)
+from vla_test_pipeline.runner import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    GraphSession,
+    add_graph_arguments,
+    config_from_args,
+    stop_on_signals,
+    timestamped,
+)
 
 PROGRESS_PERIOD_S = 3.0
 

@@ -12,7 +12,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from vla_inference.spec.interface import BACKENDS, LIDAR_TOPIC, MAX_DENOISING_STEPS, camera_topic
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE
+from vla_test_pipeline.topics import LIDAR_POINTS_TOPIC, camera_raw_topic
 
 ParameterValue = Union[bool, int, float, str, List[str]]
 
@@ -23,7 +25,6 @@ CHECKER_NODE = "smoke_checker"
 CAMERA_NAMES: Tuple[str, ...] = ("front", "left", "right")
 FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 FASTDDS_PROFILE = "fastdds_large_data.xml"
-BACKENDS: Tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class GraphConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if not 1 <= self.denoising_steps <= 50:
-            raise ValueError(f"denoising_steps: {self.denoising_steps} is outside 1..50")
+        if not 1 <= self.denoising_steps <= MAX_DENOISING_STEPS:
+            raise ValueError(f"denoising_steps: {self.denoising_steps} is outside 1..{MAX_DENOISING_STEPS}")
         if not 1 <= self.num_cameras <= len(CAMERA_NAMES):
             raise ValueError(f"num_cameras: {self.num_cameras} is outside 1..{len(CAMERA_NAMES)}")
         if self.duration_s < 0:
@@ -146,7 +147,7 @@ def build_graph(config: GraphConfig, include_checker: bool = False) -> List[Node
     nodes += [
         NodeSpec(
             INFERENCE_PACKAGE, "camera_adapter_node", f"camera_adapter_{cam}",
-            remappings=(("image_raw", f"/sim/camera/{cam}/image_raw"), ("image", f"/vla/camera/{cam}/image")),
+            remappings=(("image_raw", camera_raw_topic(cam)), ("image", camera_topic(cam))),
         )
         for cam in cameras
     ]
@@ -155,7 +156,7 @@ def build_graph(config: GraphConfig, include_checker: bool = False) -> List[Node
             NodeSpec(PIPELINE_PACKAGE, "synthetic_lidar_node", "synthetic_lidar"),
             NodeSpec(
                 INFERENCE_PACKAGE, "lidar_adapter_node", "lidar_adapter",
-                remappings=(("points", "/sim/lidar/points"), ("range_image", "/vla/lidar/range_image")),
+                remappings=(("points", LIDAR_POINTS_TOPIC), ("range_image", LIDAR_TOPIC)),
             ),
         ]
     nodes.append(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, List, Sequence
 
-from vla_test_pipeline.graph import (BACKENDS, CAMERA_NAMES, CHECKER_NODE, GraphConfig, NodeSpec, build_graph,
-                                     graph_environment)
+from vla_inference.spec.interface import BACKENDS
+from vla_test_pipeline.graph import CAMERA_NAMES, CHECKER_NODE, GraphConfig, NodeSpec, build_graph, graph_environment
 
 ARGUMENTS = (
     ("backend", "onnxruntime", "Inference runtime: " + ", ".join(BACKENDS)),
@@ -27,8 +27,9 @@ ARGUMENTS = (
 
 
 def generate_launch_description() -> Any:
-    from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+
+    from launch import LaunchDescription
 
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, default, description in ARGUMENTS]

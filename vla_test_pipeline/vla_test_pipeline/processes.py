@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, IO, Iterable, List, Mapping, Optional, Sequence
+from typing import IO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from vla_test_pipeline.graph import NodeSpec
 

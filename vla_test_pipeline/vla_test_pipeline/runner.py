@@ -27,7 +27,8 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-from vla_test_pipeline.graph import BACKENDS, CAMERA_NAMES, GraphConfig, build_graph, graph_environment
+from vla_inference.spec.interface import BACKENDS
+from vla_test_pipeline.graph import CAMERA_NAMES, GraphConfig, build_graph, graph_environment
 from vla_test_pipeline.lifecycle import LifecycleClient, LifecycleError
 from vla_test_pipeline.processes import ProcessSet, Resolver, installed_executable
 

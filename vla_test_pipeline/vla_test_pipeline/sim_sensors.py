@@ -15,7 +15,6 @@ import numpy as np
 from vla_inference.synthetic.lidar import AZIMUTH_STEPS, RING_ELEVATIONS_DEG, lidar_points
 from vla_inference.synthetic.render import render_camera
 from vla_inference.synthetic.scene import Scene
-
 from vla_test_pipeline.graph import CAMERA_NAMES
 
 RINGS = len(RING_ELEVATIONS_DEG)

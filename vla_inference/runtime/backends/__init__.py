@@ -18,7 +18,8 @@ import logging
 from typing import Any, Dict, Tuple
 
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix, InferenceError
-from vla_inference.runtime.manifest import Manifest
+from vla_inference.spec.interface import BACKENDS
+from vla_inference.spec.manifest import Manifest
 
 # name -> (module, class, what to install when the import fails)
 _REGISTRY: Dict[str, Tuple[str, str, str]] = {
@@ -34,7 +35,6 @@ _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir", "num_samples"})
 LOG = logging.getLogger(__name__)
 
-BACKENDS = tuple(_REGISTRY)
 
 
 def create_backend(name: str, manifest: Manifest, **options: Any) -> Backend:

@@ -1,7 +1,7 @@
 """What every backend offers: a Polygraphy-style runner plus the two pipeline stages.
 
 A backend serves the two engines of one model directory (``vision`` and ``action_expert``, see
-``vla_inference.model.engine_spec``) in one precision:
+``vla_inference.spec.engine_spec``) in one precision:
 
 * ``load()`` / ``infer(engine_name, feeds)`` / ``release()``: the runner. ``infer`` checks the feeds
   against the manifest's tensor specs (names, shapes, dtypes, finiteness) before the runtime sees
@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs, engine_specs
-from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.manifest import EngineFile, Manifest
+from vla_inference.spec.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs, engine_specs
+from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.manifest import EngineFile, Manifest
 
 
 class BackendUnavailableError(RuntimeError):

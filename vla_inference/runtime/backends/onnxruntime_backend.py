@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from vla_inference.model.engine_spec import ACTION_EXPERT
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
-from vla_inference.runtime.manifest import Manifest, ModelDirError
+from vla_inference.spec.engine_spec import ACTION_EXPERT
+from vla_inference.spec.manifest import Manifest, ModelDirError
 
 try:
     import onnxruntime as ort

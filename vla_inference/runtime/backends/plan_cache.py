@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from vla_inference.runtime.manifest import sha256_of
+from vla_inference.spec.manifest import sha256_of
 
 LOG = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, EngineSpec, check_inputs
 from vla_inference.runtime.backends import cuda_runtime as cu
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError
 from vla_inference.runtime.backends.plan_cache import PlanCache, PlanKey
-from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.manifest import Manifest, ModelDirError
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, check_inputs
+from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.manifest import Manifest, ModelDirError
 
 try:
     import tensorrt as trt

@@ -28,11 +28,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, check_inputs
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError
-from vla_inference.runtime.flow import flow_schedule
-from vla_inference.runtime.manifest import MANIFEST_NAME, Manifest, ModelDirError, sha256_of
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, check_inputs
+from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.manifest import MANIFEST_NAME, Manifest, ModelDirError, sha256_of
 
 try:
     import torch

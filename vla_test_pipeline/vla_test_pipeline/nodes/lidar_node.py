@@ -16,7 +16,6 @@ from std_msgs.msg import UInt32
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
 from vla_inference.synthetic.scene import generate_scene
-
 from vla_test_pipeline import topics
 from vla_test_pipeline.sim_sensors import scene_sweep
 

@@ -15,12 +15,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, String, UInt32
 
-from vla_inference import contract
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
+from vla_inference.spec import interface
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE
 from vla_inference.synthetic.scene import STATE_DIM, SUCCESS_TOLERANCE_M
-
 from vla_test_pipeline import topics
 from vla_test_pipeline.episode import EpisodeSettings, ReachEpisode
 
@@ -48,7 +47,7 @@ class SyntheticRobotNode(Node):
         rate = declare(self, "joint_state_rate_hz", 50.0, "Rate of /joint_states and of the episode checks.",
                        float_range=(1.0, 1000.0), read_only=True)
         self._scene_pub = self.create_publisher(UInt32, topics.SCENE_TOPIC, topics.LATCHED_QOS)
-        self._text_pub = self.create_publisher(String, contract.TEXT_CMD_TOPIC, topics.LATCHED_QOS)
+        self._text_pub = self.create_publisher(String, interface.TEXT_CMD_TOPIC, topics.LATCHED_QOS)
         self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES_TOPIC, 10)
         self._episode_pub = self.create_publisher(String, topics.EPISODE_TOPIC, topics.EPISODE_QOS)
         self.create_subscription(Float32MultiArray, topics.COMMAND_TOPIC, self._on_command, 10)

@@ -8,8 +8,8 @@ end-to-end latency CDFs.
 
 Examples::
 
-    python -m vla_inference.runtime.bench                       # ONNX Runtime, shipped tiny policy
-    python -m vla_inference.runtime.bench --backend torch --preset pi05 --random-weights \\
+    python -m vla_inference.lab.bench                       # ONNX Runtime, shipped tiny policy
+    python -m vla_inference.lab.bench --backend torch --preset pi05 --random-weights \\
         --device cuda --precision bf16
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig, get_preset
 from vla_inference.runtime.backends import BACKENDS, Backend, create_backend
-from vla_inference.runtime.manifest import load_manifest, shipped_model_dir
-from vla_inference.runtime.observation import Observation
 from vla_inference.runtime.pipeline import ActionChunk, InferencePipeline
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
+from vla_inference.spec.config import VlaConfig, get_preset
+from vla_inference.spec.manifest import load_manifest, shipped_model_dir
+from vla_inference.spec.observation import Observation
 
 STAGES = ("preprocess", "vision", "denoise", "postprocess", "total")
 PERCENTILES = (50, 95, 99)

@@ -22,7 +22,7 @@ Training can also teach the flow to spread its samples for an unreadable command
 (``train --scrambled-command-fraction``), at a cost in task success (measured in ``train.py``);
 the shipped policy is trained without it.
 
-``evaluate_confidence`` is what ``vla-eval`` calls; ``python -m vla_inference.runtime.confidence_eval``
+``evaluate_confidence`` is what ``vla-eval`` calls; ``python -m vla_inference.lab.confidence_eval``
 prints the same report.
 """
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vla_inference.runtime.confidence import auroc
-from vla_inference.runtime.observation import Observation
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
+from vla_inference.spec.observation import Observation
 
 SCRAMBLES = ("patches", "text", "all", "lidar_dropped")
 
@@ -152,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
-    from vla_inference.runtime.manifest import shipped_model_dir
+    from vla_inference.spec.manifest import shipped_model_dir
 
     model_dir = args.model_dir or shipped_model_dir()
     with InferencePipeline.from_model_dir(model_dir, backend=args.backend, num_samples=args.num_samples,

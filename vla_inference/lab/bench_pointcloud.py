@@ -1,6 +1,6 @@
 """Time ``parse_xyz`` on a 32k-point cloud laid out like an Ouster/Velodyne driver's output.
 
-Usage: ``python -m vla_inference.sensors.bench_pointcloud OUT.json [--points N] [--repeats R]``.
+Usage: ``python -m vla_inference.lab.bench_pointcloud OUT.json [--points N] [--repeats R]``.
 Prints the median milliseconds and writes a JSON record to OUT.json. Kept out of the unit tests so
 they hold no timed assertions.
 """

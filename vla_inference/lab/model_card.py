@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Mapping
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import engine_specs
-from vla_inference.model.evaluate import format_report
+from vla_inference.lab.evaluate import format_report
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.engine_spec import engine_specs
 from vla_inference.synthetic.scene import (
     BLOCK_EDGE_M,
     COLOR_NAMES,
@@ -16,7 +16,6 @@ from vla_inference.synthetic.scene import (
     SLOW_STEP_M,
     SUCCESS_TOLERANCE_M,
 )
-
 
 SUCCESS_TARGET = 0.9
 # Where the card calls a scramble separated by the served confidence.
@@ -119,7 +118,7 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         "action_expert.onnx": "`action_expert` engine, fp32",
         "vision.int8.onnx": "`vision` engine, ONNX Runtime dynamic INT8",
         "action_expert.int8.onnx": "`action_expert` engine, ONNX Runtime dynamic INT8",
-        "manifest.json": "engines per precision, I/O contract, SHA-256 (`runtime.manifest`)",
+        "manifest.json": "engines per precision, I/O contract, SHA-256 (`spec.manifest`)",
         "loss_curve.png": "training loss",
         "eval.json": "full evaluation report",
         "training.json": "training settings, timings, parity",
@@ -256,9 +255,9 @@ def render_model_card(cfg: VlaConfig, training: Mapping[str, object], report: Ma
         "",
         "```",
         ". ./env.sh",
-        "python -m vla_inference.model.train --out models/tiny      # data, training, export, INT8, eval, this card",
-        "python -m vla_inference.model.evaluate --model-dir models/tiny   # evaluation only",
-        "python -m vla_inference.model.train --out models/tiny --reevaluate  # re-evaluate, rewrite manifest keys and card",
+        "python -m vla_inference.lab.train --out models/tiny      # data, training, export, INT8, eval, this card",
+        "python -m vla_inference.lab.evaluate --model-dir models/tiny   # evaluation only",
+        "python -m vla_inference.lab.train --out models/tiny --reevaluate  # re-evaluate, rewrite manifest keys and card",
         "python -m vla_inference.model.export --out /tmp/random-tiny      # random-weight model dir",
         "```",
         "",

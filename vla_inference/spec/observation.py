@@ -1,7 +1,7 @@
 """What the pipeline consumes: one robot observation, already in model units.
 
 Nodes and the synthetic task build an ``Observation``; ``vision_feeds`` turns a batch of them into
-the ``vision`` engine's inputs (see ``vla_inference.model.engine_spec``), so every backend and the
+the ``vision`` engine's inputs (see ``vla_inference.spec.engine_spec``), so every backend and the
 training code see exactly the same tensors.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import normalize_images
-from vla_inference.model.tokenizer import tokenize
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.engine_spec import normalize_images
+from vla_inference.spec.tokenizer import tokenize
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import ENGINES, EngineSpec, TensorSpec, engine_specs
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.engine_spec import ENGINES, EngineSpec, TensorSpec, engine_specs
 
 MANIFEST_NAME = "manifest.json"
 SHIPPED_MODEL = "tiny"

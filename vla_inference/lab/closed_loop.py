@@ -19,9 +19,9 @@ from typing import Deque, Dict, Tuple
 import numpy as np
 
 from vla_inference.client.chunk_executor import ChunkExecutor, HoldPolicy
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.evaluate import Sampler, sample_in_batches
-from vla_inference.runtime.observation import vision_feeds
+from vla_inference.lab.sampler import Sampler, sample_in_batches
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.observation import vision_feeds
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE, make_observation
 from vla_inference.synthetic.scene import SLOW_STEP_M, SUCCESS_TOLERANCE_M, generate_scene, step_length
 

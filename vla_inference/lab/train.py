@@ -3,7 +3,7 @@
 One command regenerates ``models/tiny`` (weights, ONNX engines, INT8 engines if they keep within
 3 points of fp32 success, manifest, loss curve, evaluation and model card)::
 
-    python -m vla_inference.model.train --out models/tiny
+    python -m vla_inference.lab.train --out models/tiny
 
 Flow matching with an x0 head (see ``policy``): for each observation, ``--noise-draws`` pairs of
 (noise, t ~ U(0, 1)) give x_t = t * noise + (1 - t) * actions, and the expert's clean-chunk estimate
@@ -31,15 +31,13 @@ import torch
 import torch.nn.functional as F
 
 import vla_inference.synthetic as synthetic_package
-from vla_inference.model.config import VlaConfig, tiny
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, engine_specs
-from vla_inference.model.evaluate import (
+from vla_inference.lab.evaluate import (
     DEFAULT_STEPS,
-    OrtPolicy,
     build_eval_set,
     evaluate_model_dir,
     format_report,
 )
+from vla_inference.lab.sampler import EngineSampler
 from vla_inference.model.export import WEIGHTS_FILE, export_engines, quantize_int8
 from vla_inference.model.policy import (
     PrefixTrim,
@@ -49,7 +47,10 @@ from vla_inference.model.policy import (
     load_policy,
     save_policy,
 )
-from vla_inference.runtime.manifest import load_manifest, write_manifest
+from vla_inference.runtime.backends import HostPrefix
+from vla_inference.spec.config import VlaConfig, tiny
+from vla_inference.spec.engine_spec import VISION, engine_specs
+from vla_inference.spec.manifest import load_manifest, write_manifest
 from vla_inference.synthetic.dataset import TrainingSet, generate_training_set
 from vla_inference.synthetic.scene import COLOR_NAMES
 
@@ -432,23 +433,25 @@ def plot_losses(losses: Sequence[float], path: Path) -> None:
 
 
 def parity(policy: VlaPolicy, out_dir: Path, files: Dict[str, str], scenes: int = 4, steps: int = 10) -> Dict[str, float]:
-    """Max abs difference PyTorch vs ONNX Runtime fp32 on held-out inputs: each engine and a chunk."""
+    """Max abs difference PyTorch vs ONNX Runtime fp32 on held-out inputs: each engine and a chunk.
+    Writes a provisional manifest of the fp32 engines (``record_evaluation`` writes the final one)."""
     cfg = policy.cfg
     eval_set = build_eval_set(cfg, scenes)
-    runtime = OrtPolicy(out_dir / files[VISION], out_dir / files[ACTION_EXPERT], cfg)
     feeds = {k: torch.from_numpy(v) for k, v in eval_set.feeds.items()}
+    t = np.full((scenes,), 0.4, np.float32)
     with torch.no_grad():
-        kv, mask = policy.vision_engine(*(feeds[t.name] for t in engine_specs(cfg)[VISION].inputs))
-        t = torch.full((scenes,), 0.4)
-        velocity = policy.action_expert(torch.from_numpy(eval_set.noise), t, kv, mask)
+        kv, mask = policy.vision_engine(*(feeds[spec.name] for spec in engine_specs(cfg)[VISION].inputs))
+        velocity = policy.action_expert(torch.from_numpy(eval_set.noise), torch.from_numpy(t), kv, mask)
         chunk = policy.sample(feeds, steps, torch.from_numpy(eval_set.noise))
-    ort_kv, ort_mask = runtime.encode(eval_set.feeds)
-    ort_velocity = runtime.velocity(eval_set.noise, t.numpy(), kv.numpy(), mask.numpy())
-    ort_chunk = runtime.sample(eval_set.feeds, eval_set.noise, steps)
-    if not np.array_equal(ort_mask, mask.numpy()):
+    write_manifest(out_dir, cfg, {"fp32": files}, weights_file=WEIGHTS_FILE)
+    with EngineSampler(load_manifest(out_dir)) as runtime:
+        ort_prefix = runtime.encode(eval_set.feeds)
+        ort_velocity = runtime.velocity(eval_set.noise, t, HostPrefix(kv.numpy(), mask.numpy()))
+        ort_chunk = runtime(eval_set.feeds, eval_set.noise, steps)
+    if not np.array_equal(ort_prefix.prefix_mask, mask.numpy()):
         raise RuntimeError("prefix_mask differs between PyTorch and ONNX Runtime")
     return {
-        "vision_prefix_kv": float(np.abs(ort_kv - kv.numpy()).max()),
+        "vision_prefix_kv": float(np.abs(ort_prefix.prefix_kv - kv.numpy()).max()),
         "action_expert_velocity": float(np.abs(ort_velocity - velocity.numpy()).max()),
         f"chunk_{steps}_steps": float(np.abs(ort_chunk - chunk.numpy()).max()),
     }
@@ -506,7 +509,7 @@ def record_evaluation(out: Path, cfg: VlaConfig, engines: Dict[str, Dict[str, st
     training["total_seconds"] = sum(float(training[k]) for k in ("data_seconds", "train_seconds", "packaging_seconds"))
     (out / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
     (out / EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    from vla_inference.model.model_card import write_model_card
+    from vla_inference.lab.model_card import write_model_card
 
     write_model_card(out / CARD_FILE, cfg, training, report)
     return report

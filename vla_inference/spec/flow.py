@@ -2,7 +2,7 @@
 
 Flow time runs from 1 (noise) to 0 (data) in ``steps`` equal steps: step ``i`` evaluates the
 velocity at ``t_i = 1 - i / steps`` and updates ``x <- x + dt * v`` with ``dt = -1 / steps``
-(``vla_inference.model.engine_spec``). Times are computed in float64 and rounded once to float32,
+(``vla_inference.spec.engine_spec``). Times are computed in float64 and rounded once to float32,
 so a CUDA graph that reads them from a device buffer and a NumPy loop see identical values.
 """
 from __future__ import annotations

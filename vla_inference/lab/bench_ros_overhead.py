@@ -1,6 +1,6 @@
 """What ROS adds to an inference: request publish -> response receipt, minus the pipeline's own time.
 
-    python -m vla_inference.nodes.bench_ros_overhead --requests 200 --out out/bench_ros
+    python -m vla_inference.lab.bench_ros_overhead --requests 200 --out out/bench_ros
 
 Runs vla_inference_node (shipped policy, ONNX Runtime) and a VlaClient in one process over real
 DDS, sends back-to-back requests with 3 x 224x224 rgb8 images + LiDAR, and reports per request

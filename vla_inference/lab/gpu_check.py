@@ -11,7 +11,7 @@ passes when the smallest one is at least ``--min-cosine`` (0.999). It also check
 pipelined results equal sequential ones and that graph replay equals eager execution, both bit
 for bit. Prints a table, writes JSON, exits 1 on failure::
 
-    python -m vla_inference.runtime.gpu_check --out gpu_check.json
+    python -m vla_inference.lab.gpu_check --out gpu_check.json
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.config import tiny
+from vla_inference.lab.bench import bench_observations
 from vla_inference.runtime.backends.torch_backend import TorchBackend
-from vla_inference.runtime.bench import bench_observations
-from vla_inference.runtime.manifest import load_manifest, shipped_model_dir
-from vla_inference.runtime.observation import Observation
 from vla_inference.runtime.pipeline import InferencePipeline
+from vla_inference.spec.config import tiny
+from vla_inference.spec.manifest import load_manifest, shipped_model_dir
+from vla_inference.spec.observation import Observation
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig
+from vla_inference.spec.config import VlaConfig
 
 Dim = Union[int, str]
 BATCH = "batch"

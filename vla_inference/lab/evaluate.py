@@ -1,6 +1,6 @@
 """Held-out evaluation of a model directory: action MSE and task success per backend and precision.
 
-``python -m vla_inference.model.evaluate --model-dir models/tiny`` (the ``vla-eval`` entry point)
+``python -m vla_inference.lab.evaluate --model-dir models/tiny`` (the ``vla-eval`` entry point)
 samples one chunk per held-out scene (seeds from ``EVAL_SEED_BASE``, disjoint from training) with
 10 Euler steps from seeded noise shared by every backend, executes it with ``simulate`` and counts a
 success when the end point is within ``SUCCESS_TOLERANCE_M`` of the ground-truth chunk's end point.
@@ -9,25 +9,27 @@ manifest. The ONNX Runtime fp32 engines are also run with sensors removed (one c
 to show what each modality is worth, replayed in the closed loop the synthetic robot runs
 (``closed_loop``), and timed at batch 1 and 4. Finally the shipped pipeline's
 confidence (spread of ``DISPERSION_SAMPLES`` chunks with camera views) is scored against scrambled
-copies of held-out scenes (``runtime.confidence_eval``): the AUROC per scramble, and the success of
+copies of held-out scenes (``lab.confidence_eval``): the AUROC per scramble, and the success of
 the mean chunk the pipeline answers with.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.model.config import VlaConfig
-from vla_inference.model.engine_spec import ACTION_EXPERT, VISION, check_inputs, engine_specs
-from vla_inference.runtime.manifest import load_manifest
-from vla_inference.runtime.observation import vision_feeds
+from vla_inference.lab.closed_loop import LoopSettings, closed_loop_success
+from vla_inference.lab.sampler import EngineSampler, Sampler, sample_in_batches, torch_sampler
+from vla_inference.spec.config import VlaConfig
+from vla_inference.spec.manifest import Manifest, load_manifest
+from vla_inference.spec.observation import vision_feeds
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE, make_observation
 from vla_inference.synthetic.scene import (
     SLOW_STEP_M,
@@ -41,15 +43,11 @@ from vla_inference.synthetic.scene import (
 
 DEFAULT_SCENES = 200
 DEFAULT_STEPS = 10
-EVAL_BATCH = 25
 DISPERSION_SAMPLES = 4
 CONFIDENCE_SCENES = 100
 CLOSED_LOOP_SCENES = 100
 # 0: every executed row comes from a chunk planned part-way along (the hard case); 4: the synthetic graph's ~200 ms.
 CLOSED_LOOP_LATENCY_ROWS = (0, 4)
-
-Sampler = Callable[[Dict[str, np.ndarray], np.ndarray, int], np.ndarray]
-
 
 @dataclass
 class EvalSet:
@@ -99,69 +97,6 @@ def with_sensors(eval_set: EvalSet, num_cameras: int, with_lidar: bool) -> EvalS
                    eval_set.noise)
 
 
-def flow_times(steps: int) -> np.ndarray:
-    """t_i = 1 - i / steps, float32 (the engine_spec convention)."""
-    return (1.0 - np.arange(steps, dtype=np.float64) / steps).astype(np.float32)
-
-
-class OrtPolicy:
-    """The two ONNX engines in ONNX Runtime with a NumPy Euler loop outside the expert."""
-
-    def __init__(self, vision_path: Path, expert_path: Path, cfg: VlaConfig, threads: int = 2) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        self.vision = ort.InferenceSession(str(vision_path), options, providers=providers)
-        self.expert = ort.InferenceSession(str(expert_path), options, providers=providers)
-        self.specs = engine_specs(cfg)
-
-    def encode(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        check_inputs(self.specs[VISION], feeds)
-        return self.vision.run(None, feeds)
-
-    def velocity(self, x: np.ndarray, t: np.ndarray, prefix_kv: np.ndarray, prefix_mask: np.ndarray) -> np.ndarray:
-        return self.expert.run(None, {"noisy_actions": x, "time": t, "prefix_kv": prefix_kv,
-                                      "prefix_mask": prefix_mask})[0]
-
-    def sample(self, feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
-        prefix_kv, prefix_mask = self.encode(feeds)
-        x = noise.astype(np.float32, copy=True)
-        check_inputs(self.specs[ACTION_EXPERT], {"noisy_actions": x, "time": np.ones(len(x), np.float32),
-                                                  "prefix_kv": prefix_kv, "prefix_mask": prefix_mask})
-        dt = np.float32(-1.0 / steps)
-        for t in flow_times(steps):
-            x = x + dt * self.velocity(x, np.full(len(x), t, np.float32), prefix_kv, prefix_mask)
-        return x
-
-
-def torch_sampler(weights: Path, cfg: VlaConfig) -> Sampler:
-    import torch
-
-    from vla_inference.model.policy import load_policy
-
-    policy = load_policy(weights, cfg)
-
-    def sample(feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
-        tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-        return policy.sample(tensors, steps, torch.from_numpy(noise)).numpy()
-
-    return sample
-
-
-def sample_in_batches(sampler: Sampler, feeds: Dict[str, np.ndarray], noise: np.ndarray, steps: int,
-                      batch: int = EVAL_BATCH) -> np.ndarray:
-    """One chunk per row of ``noise``, asked ``batch`` scenes at a time (bounded memory per call)."""
-    chunks = []
-    for start in range(0, noise.shape[0], batch):
-        part = slice(start, start + batch)
-        chunks.append(sampler({k: v[part] for k, v in feeds.items()}, noise[part], steps))
-    return np.concatenate(chunks)
-
-
 def _batched(sampler: Sampler, eval_set: EvalSet, steps: int) -> np.ndarray:
     return sample_in_batches(sampler, eval_set.feeds, eval_set.noise, steps)
 
@@ -183,18 +118,18 @@ def score(predicted: np.ndarray, eval_set: EvalSet) -> Dict[str, float]:
     }
 
 
-def measure_latency(policy: OrtPolicy, cfg: VlaConfig, batch: int, repeats: int = 20) -> Dict[str, float]:
+def measure_latency(sampler: EngineSampler, cfg: VlaConfig, batch: int, repeats: int = 20) -> Dict[str, float]:
     """Median wall time (ms) of one vision call and one expert call at ``batch``."""
     eval_set = build_eval_set(cfg, num_scenes=batch, seed_base=EVAL_SEED_BASE + 900_000)
-    prefix_kv, prefix_mask = policy.encode(eval_set.feeds)
+    prefix = sampler.encode(eval_set.feeds)
     t = np.full(batch, 0.5, np.float32)
     vision_ms, expert_ms = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        policy.vision.run(None, eval_set.feeds)
+        sampler.encode(eval_set.feeds)
         vision_ms.append((time.perf_counter() - start) * 1e3)
         start = time.perf_counter()
-        policy.velocity(eval_set.noise, t, prefix_kv, prefix_mask)
+        sampler.velocity(eval_set.noise, t, prefix)
         expert_ms.append((time.perf_counter() - start) * 1e3)
     return {"vision_ms": float(np.median(vision_ms)), "expert_ms": float(np.median(expert_ms))}
 
@@ -204,52 +139,54 @@ def evaluate_model_dir(model_dir: Path, num_scenes: int = DEFAULT_SCENES, steps:
                        progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
     """Evaluate every backend/precision of ``model_dir``; returns a JSON-ready dict."""
     manifest = load_manifest(model_dir)
-    cfg = manifest.config
     log = progress or (lambda message: None)
     log(f"building {num_scenes} held-out scenes")
-    eval_set = build_eval_set(cfg, num_scenes)
+    eval_set = build_eval_set(manifest.config, num_scenes)
+    with contextlib.ExitStack() as stack:
+        samplers = {precision: stack.enter_context(EngineSampler(manifest, precision))
+                    for precision in manifest.precisions}
+        return _evaluate(manifest, samplers, eval_set, steps, with_torch, with_ablations, with_latency, log)
+
+
+def _evaluate(manifest: Manifest, samplers: Dict[str, EngineSampler], eval_set: EvalSet, steps: int,
+              with_torch: bool, with_ablations: bool, with_latency: bool, log: Callable[[str], None]) -> Dict[str, object]:
+    cfg = manifest.config
     results: Dict[str, Dict[str, float]] = {}
-    ort_policies = {
-        precision: OrtPolicy(manifest.engine(precision, VISION).path, manifest.engine(precision, ACTION_EXPERT).path, cfg)
-        for precision in manifest.precisions
-    }
     if with_torch and manifest.weights_path is not None:
         log("PyTorch fp32")
         results["pytorch/fp32"] = score(_batched(torch_sampler(manifest.weights_path, cfg), eval_set, steps), eval_set)
-    for precision, policy in ort_policies.items():
+    for precision, sampler in samplers.items():
         log(f"ONNX Runtime {precision}")
-        results[f"onnxruntime/{precision}"] = score(_batched(policy.sample, eval_set, steps), eval_set)
+        results[f"onnxruntime/{precision}"] = score(_batched(sampler, eval_set, steps), eval_set)
     report: Dict[str, object] = {
-        "model_dir": str(model_dir),
-        "scenes": num_scenes,
+        "model_dir": str(manifest.model_dir),
+        "scenes": len(eval_set),
         "seed_base": EVAL_SEED_BASE,
         "steps": steps,
         "success_tolerance_m": SUCCESS_TOLERANCE_M,
         "pole_near_path_fraction": float(eval_set.slow.mean()),
         "results": results,
     }
-    reference = ort_policies.get("fp32")
+    reference = samplers.get("fp32")
     if reference is not None and with_ablations:
         ablations = {}
         for name, cameras, lidar in (("1 camera", 1, True), ("2 cameras", 2, True), ("no LiDAR", 3, False)):
             log(f"ablation: {name}")
             ablated = with_sensors(eval_set, cameras, lidar)
-            ablations[name] = score(_batched(reference.sample, ablated, steps), ablated)
+            ablations[name] = score(_batched(reference, ablated, steps), ablated)
         report["ablations_onnxruntime_fp32"] = ablations
-        from vla_inference.model.closed_loop import LoopSettings, closed_loop_success  # it imports this module
-
         report["closed_loop_onnxruntime_fp32"] = {}
         for latency in CLOSED_LOOP_LATENCY_ROWS:
             log(f"closed loop ({CLOSED_LOOP_SCENES} scenes, answers {latency} rows after the request)")
             report["closed_loop_onnxruntime_fp32"][f"latency {latency} rows"] = closed_loop_success(
-                reference.sample, cfg, CLOSED_LOOP_SCENES, steps, LoopSettings(latency_rows=latency))
+                reference, cfg, CLOSED_LOOP_SCENES, steps, LoopSettings(latency_rows=latency))
         log(f"confidence AUROC, real vs scrambled ({CONFIDENCE_SCENES} scenes)")
-        report["confidence"] = confidence_auroc(model_dir, CONFIDENCE_SCENES, steps)
+        report["confidence"] = confidence_auroc(manifest.model_dir, CONFIDENCE_SCENES, steps)
     if reference is not None and with_latency:
         log("latency")
         report["latency_onnxruntime_cpu"] = {
-            f"{precision}/batch{batch}": measure_latency(policy, cfg, batch)
-            for precision, policy in ort_policies.items() for batch in (1, 4)
+            f"{precision}/batch{batch}": measure_latency(sampler, cfg, batch)
+            for precision, sampler in samplers.items() for batch in (1, 4)
         }
     return report
 
@@ -258,7 +195,7 @@ def confidence_auroc(model_dir: Path, num_scenes: int, steps: int) -> Dict[str, 
     """The served pipeline (ONNX Runtime fp32, K samples with camera views) on real and scrambled
     scenes: AUROC of its confidence, its dispersions (``confidence_scale`` is the real p95) and the
     success of the mean chunk it answers with."""
-    from vla_inference.runtime.confidence_eval import evaluate_confidence
+    from vla_inference.lab.confidence_eval import evaluate_confidence
     from vla_inference.runtime.pipeline import InferencePipeline
 
     with InferencePipeline.from_model_dir(model_dir, backend="onnxruntime", num_samples=DISPERSION_SAMPLES,
