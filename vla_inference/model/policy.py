@@ -38,7 +38,8 @@ from torch import nn
 
 from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
 from vla_inference.spec.config import VlaConfig
-from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, check_inputs, check_tensor, engine_specs
+from vla_inference.spec.flow import check_steps, euler_integrate
 
 # Additive attention bias for masked keys: exp(-30000) is 0 in fp32/bf16 and it stays finite in fp16.
 MASK_BIAS = -30000.0
@@ -520,52 +521,17 @@ class VlaPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, feeds: Mapping[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """Euler-integrate the flow from ``noise`` (t=1) to actions (t=0) in ``steps`` steps."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: expected an integer >= 1, received {steps!r}")
+        check_steps(steps)
         specs = self.specs
-        batch = check_torch_inputs(specs[VISION], feeds)
-        expert_spec = specs[ACTION_EXPERT]
-        check_torch_tensor("noisy_actions", noise, expert_spec.input("noisy_actions").concrete_shape(batch), "float32")
+        batch = check_inputs(specs[VISION], feeds)
+        check_tensor(specs[ACTION_EXPERT].input("noisy_actions"), noise, batch)
         prefix_kv, prefix_mask = self.vision_engine(*(feeds[t.name] for t in specs[VISION].inputs))
-        x = noise
-        dt = -1.0 / steps
-        for step in range(steps):
-            t = torch.full((batch,), 1.0 - step / steps, dtype=torch.float32, device=noise.device)
-            x = x + dt * self.action_expert(x, t, prefix_kv, prefix_mask)
-        return x
 
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            time = torch.full((batch,), float(t), dtype=torch.float32, device=noise.device)
+            return self.action_expert(x, time, prefix_kv, prefix_mask)
 
-def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).replace("torch.", "")
-
-
-def check_torch_tensor(name: str, tensor: torch.Tensor, shape: Tuple[int, ...], dtype: str) -> None:
-    """The torch twin of ``engine_spec.check_tensor``: exact shape, dtype, finite values."""
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
-    if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, received {tuple(tensor.shape)}")
-    if _dtype_name(tensor) != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype}, received {_dtype_name(tensor)}")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name}: contains NaN or Inf")
-
-
-def check_torch_inputs(spec: EngineSpec, feeds: Mapping[str, torch.Tensor]) -> int:
-    """Check a feed dict of tensors against an engine spec; returns the batch size."""
-    missing = [t.name for t in spec.inputs if t.name not in feeds]
-    if missing:
-        raise ValueError(f"{spec.name}: missing inputs {missing}")
-    extra = sorted(set(feeds) - {t.name for t in spec.inputs})
-    if extra:
-        raise ValueError(f"{spec.name}: unexpected inputs {extra}")
-    first = feeds[spec.inputs[0].name]
-    if not isinstance(first, torch.Tensor) or first.dim() == 0:
-        raise ValueError(f"{spec.inputs[0].name}: expected a tensor with a batch axis")
-    batch = int(first.shape[0])
-    for tensor in spec.inputs:
-        check_torch_tensor(tensor.name, feeds[tensor.name], tensor.concrete_shape(batch), tensor.dtype)
-    return batch
+        return euler_integrate(velocity, noise, steps)
 
 
 def build_policy(cfg: VlaConfig) -> VlaPolicy:

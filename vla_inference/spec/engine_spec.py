@@ -22,7 +22,7 @@ Shapes use the symbol ``"batch"`` for the dynamic batch axis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -116,24 +116,42 @@ def engine_specs(cfg: VlaConfig) -> Dict[str, EngineSpec]:
     return {VISION: vision_spec(cfg), ACTION_EXPERT: action_expert_spec(cfg)}
 
 
-def check_tensor(spec: TensorSpec, value: np.ndarray, batch: int) -> None:
+def _dtype_name(value: Any) -> str:
+    """``"float32"`` for a NumPy array and a torch tensor alike (torch spells it ``torch.float32``)."""
+    return str(value.dtype).rsplit(".", 1)[-1]
+
+
+def _is_array(value: Any) -> bool:
+    """A NumPy array or a tensor (anything with a shape, a dtype and elementwise ``isfinite``)."""
+    return isinstance(value, np.ndarray) or all(hasattr(value, a) for a in ("shape", "dtype", "isfinite"))
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return bool(np.isfinite(value).all())
+    return bool(value.isfinite().all())
+
+
+def check_tensor(spec: TensorSpec, value: Any, batch: int) -> None:
     """Raise ``ValueError`` naming the tensor, the expected and the received shape/dtype.
 
-    Never broadcasts: the shape must match exactly, and floating inputs must be finite.
+    Takes NumPy arrays (the runtimes' host feeds) and torch tensors (the policy's) alike, so the
+    engines and the PyTorch reference refuse the same inputs with the same words. Never
+    broadcasts: the shape must match exactly, and floating inputs must be finite.
     """
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{spec.name}: expected a numpy array, received {type(value).__name__}")
+    if not _is_array(value):
+        raise ValueError(f"{spec.name}: expected an array or tensor, received {type(value).__name__}")
     expected = spec.concrete_shape(batch)
-    if value.shape != expected:
-        raise ValueError(f"{spec.name}: expected shape {expected}, received {value.shape}")
-    if value.dtype != np.dtype(spec.dtype):
-        raise ValueError(f"{spec.name}: expected dtype {spec.dtype}, received {value.dtype}")
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{spec.name}: expected shape {expected}, received {tuple(value.shape)}")
+    if _dtype_name(value) != spec.dtype:
+        raise ValueError(f"{spec.name}: expected dtype {spec.dtype}, received {_dtype_name(value)}")
+    if spec.dtype.startswith("float") and not _all_finite(value):
         raise ValueError(f"{spec.name}: contains NaN or Inf")
 
 
-def check_inputs(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> int:
-    """Check a full feed dict against an engine spec; returns the batch size."""
+def check_inputs(spec: EngineSpec, feeds: Mapping[str, Any]) -> int:
+    """Check a full feed dict (arrays or tensors) against an engine spec; returns the batch size."""
     missing = [t.name for t in spec.inputs if t.name not in feeds]
     if missing:
         raise ValueError(f"{spec.name}: missing inputs {missing}")
@@ -141,7 +159,7 @@ def check_inputs(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> int:
     if extra:
         raise ValueError(f"{spec.name}: unexpected inputs {extra}")
     first = feeds[spec.inputs[0].name]
-    if not isinstance(first, np.ndarray) or first.ndim == 0:
+    if not _is_array(first) or len(first.shape) == 0:
         raise ValueError(f"{spec.inputs[0].name}: expected an array with a batch axis")
     batch = int(first.shape[0])
     for tensor in spec.inputs:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from vla_inference.spec.engine_spec import ACTION_EXPERT, ENGINES, VISION, EngineSpec, check_inputs, engine_specs
-from vla_inference.spec.flow import flow_schedule
+from vla_inference.spec.flow import euler_integrate
 from vla_inference.spec.manifest import EngineFile, Manifest
 
 
@@ -157,17 +157,18 @@ class Backend(abc.ABC):
 
     def denoise(self, prefix: Any, noise: np.ndarray, steps: int) -> np.ndarray:
         """Stage 2: Euler-integrate ``noise`` [K, H, D] from t=1 to t=0; returns float32 [K, H, D]."""
-        times, dt = flow_schedule(steps)
-        x = np.array(noise, dtype=np.float32, copy=True)
+        x = np.asarray(noise, dtype=np.float32)
         feeds = {
             "noisy_actions": x,
-            "time": np.full((x.shape[0],), times[0], dtype=np.float32),
+            "time": np.ones((x.shape[0],), dtype=np.float32),
             "prefix_kv": prefix.prefix_kv,
             "prefix_mask": prefix.prefix_mask,
         }
         check_inputs(self.specs[ACTION_EXPERT], feeds)
-        for t in times:
-            feeds["time"] = np.full((x.shape[0],), t, dtype=np.float32)
-            velocity = self._infer(ACTION_EXPERT, feeds)["velocity"]
-            x += dt * velocity
-        return x
+
+        def velocity(actions: np.ndarray, t: np.float32) -> np.ndarray:
+            feeds["noisy_actions"] = actions
+            feeds["time"] = np.full((actions.shape[0],), t, dtype=np.float32)
+            return self._infer(ACTION_EXPERT, feeds)["velocity"]
+
+        return euler_integrate(velocity, x, steps)
