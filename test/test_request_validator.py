@@ -128,7 +128,8 @@ def lidar_values(row, col, value):
 
 
 MALFORMED = {
-    "camera count low": (dict(images=[camera(RED)]), "sensor_data.images", "expected 2 images (one per camera_names entry), received 1"),
+    "camera count low": (dict(images=[camera(RED)]), "sensor_data.images",
+                         "expected 2 images (one per camera_names entry), received 1"),
     "camera count high": (dict(images=[camera(RED)] * 3), "sensor_data.images", "received 3"),
     "images not a list": (dict(images=None), "sensor_data.images", "sequence"),
     "image not an image": (dict(images=[camera(RED), "frame"]), "sensor_data.images[1]", "not an image"),

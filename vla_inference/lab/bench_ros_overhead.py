@@ -37,7 +37,8 @@ def percentiles(values: List[float]) -> Dict[str, float]:
 def run(requests: int, steps: int, cameras: int, out: Path, model_dir: str = "") -> Dict[str, object]:
     rclpy.init()
     server = InferenceNode(parameter_overrides=[
-        Parameter("model_dir", value=model_dir), Parameter("max_request_rate_hz", value=100.0), Parameter("denoising_steps", value=steps),
+        Parameter("model_dir", value=model_dir), Parameter("max_request_rate_hz", value=100.0),
+        Parameter("denoising_steps", value=steps),
         Parameter("camera_names", value=["front", "left", "right"][:cameras])])
     client_node = rclpy.create_node("bench_ros_overhead_client")
     executor = MultiThreadedExecutor(num_threads=4)

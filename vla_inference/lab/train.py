@@ -166,9 +166,10 @@ class AuxiliaryHeads(torch.nn.Module):
     """Training-only heads that hand each hop of the prefix a direct gradient for what the expert
     needs; never exported. Entering backbone layer 1: which colour word each text token belongs to.
     Per ViT token: which cube colour (or none) has its centre in the patch, and where in the patch.
-    Entering layer 2: per image token holding a cube, the cube's table position. Entering the last layer: per image token, is it the named cube; per LiDAR token, does its sector
-    hold a pole / one next to the path; on the state token, the named colour, the offset from the
-    end effector to the named cube and whether a pole stands next to that path."""
+    Entering layer 2: per image token holding a cube, the cube's table position. Entering the last
+    layer: per image token, is it the named cube; per LiDAR token, does its sector hold a pole / one
+    next to the path; on the state token, the named colour, the offset from the end effector to the
+    named cube and whether a pole stands next to that path."""
 
     def __init__(self, vision_width: int, width: int) -> None:
         super().__init__()

@@ -6,7 +6,8 @@ range image, ``/joint_states`` positions as the state and the last ``/vla/text_c
 ``sensor_timeout_s`` is left out rather than faked, so a dead camera shows up as the server's
 INVALID_REQUEST naming ``sensor_data.images``. Until every camera (and the LiDAR, when used) has
 delivered once, nothing is sent and the diagnostics say what is missing: at start-up the drivers
-come up in any order, and a request without them would only come back as an error. Received chunks are played out one row per control tick
+come up in any order, and a request without them would only come back as an error. Received chunks
+are played out one row per control tick
 on ``/vla/command`` by the ``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable.
 
 The request is stamped with the state's time (the ``/joint_states`` header stamp, or its arrival

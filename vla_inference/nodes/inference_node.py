@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -29,10 +29,12 @@ from vla_inference import qos
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
+from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
-from vla_inference.serving.inference_server import InferenceServer, Reply, ServerSettings, Status
+from vla_inference.serving.inference_server import InferenceServer, Reply, ReplyFn, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 from vla_inference.spec import interface
+from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.interface import BACKENDS, RESIZE_MODES
 from vla_inference.spec.manifest import shipped_model_dir
 from vla_msgs.msg import InferenceRequest, InferenceResponse
@@ -52,9 +54,7 @@ class InferenceNode(LifecycleNode):
         super().__init__("vla_inference_node", **kwargs)
         self._declare_parameters()
         self._server: Optional[InferenceServer] = None
-        self._pipeline: Any = None
-        self._active = False
-        self._state_label = "unconfigured"
+        self._pipeline: Optional[InferencePipeline] = None
         self._request_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -152,15 +152,13 @@ class InferenceNode(LifecycleNode):
             callback_group=self._request_group)
         self._service = self.create_service(Infer, interface.INFER_SERVICE, self._on_infer,
                                             callback_group=self._service_group)
-        self._state_label = "inactive"
         self.get_logger().info(
             f"configured: backend={self._param('backend')} model={config.preset} "
             f"cameras={list(self._param('camera_names'))} steps={self._param('denoising_steps')}")
         return TransitionCallbackReturn.SUCCESS
 
-    def _load_pipeline(self) -> tuple:
+    def _load_pipeline(self) -> Tuple[InferencePipeline, VlaConfig]:
         from vla_inference.runtime.backends import create_backend
-        from vla_inference.runtime.pipeline import InferencePipeline
         from vla_inference.spec.manifest import load_manifest
 
         model_dir = Path(self._param("model_dir") or shipped_model_dir())
@@ -188,36 +186,34 @@ class InferenceNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._server.start()
-        self._active = True
-        self._state_label = "active"
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
-        self._state_label = "inactive"
         if self._server is not None:
             self._server.stop()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
-        self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
-        self._state_label = "finalized"
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error raised in state {state.label}; releasing the backend")
         self.release()
-        self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def lifecycle_state(self) -> str:
+        """The state machine's current state label: ``unconfigured``, ``inactive``, ``active``, ``finalized``
+        or a transition (``configuring``, ``activating``, ...). The node keeps no copy of its own."""
+        return self._state_machine.current_state[1]
 
     def release(self) -> None:
         """Stop serving and free the backend, whatever the lifecycle state (also at process exit)."""
-        self._active = False
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -255,16 +251,18 @@ class InferenceNode(LifecycleNode):
         """Requests taken from the topic or the service since start (each gets exactly one response)."""
         return self._received
 
-    def _handle(self, msg: InferenceRequest, reply: Any) -> None:
+    def _handle(self, msg: InferenceRequest, reply: ReplyFn) -> None:
         with self._received_lock:
             self._received += 1
         server = self._server
-        if server is None or not self._active:
-            reply(Reply(msg.request_id, Status.NOT_READY, f"node is {self._state_label}, not active"))
+        state = self.lifecycle_state
+        if server is None or state != "active":
+            why = f"node is {state}, not active" if state != "active" else "node is shutting down"
+            reply(Reply(msg.request_id, Status.NOT_READY, why))
             return
         server.submit(msg.request_id, RequestPayload.from_msg(msg), reply)
 
-    def _publish_reply(self, msg: InferenceRequest) -> Any:
+    def _publish_reply(self, msg: InferenceRequest) -> ReplyFn:
         def reply(result: Reply) -> None:
             response = self._to_msg(msg, result)
             publisher = self._response_pub
@@ -296,17 +294,17 @@ class InferenceNode(LifecycleNode):
 
     # -- diagnostics -----------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        state = self.lifecycle_state
         values = {
-            "lifecycle_state": self._state_label,
+            "lifecycle_state": state,
             "requests_received": self._received,
             "backend": self._param("backend"),
             "denoising_steps": self._param("denoising_steps"),
         }
         if self._server is not None:
             values.update(self._server.stats.snapshot())
-        level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
-        self._diagnostics_pub.publish(
-            diagnostic_array(self, "vla_inference_node: inference", level, self._state_label, values))
+        level = DiagnosticStatus.OK if state == "active" else DiagnosticStatus.WARN
+        self._diagnostics_pub.publish(diagnostic_array(self, "vla_inference_node: inference", level, state, values))
 
 
 def main(args: Optional[list] = None) -> None:

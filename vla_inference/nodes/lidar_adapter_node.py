@@ -31,14 +31,14 @@ class LidarAdapterNode(Node):
                              read_only=True)
         self._cols = declare(self, "cols", projection.DEFAULT_COLS, "Range image columns (azimuth bins).", int_range=(1, 8192),
                              read_only=True)
-        self._fov_up = declare(self, "fov_up_deg", projection.DEFAULT_FOV_UP_DEG, "Upper edge of the vertical field of view, degrees.",
-                               float_range=(-90.0, 90.0), read_only=True)
-        self._fov_down = declare(self, "fov_down_deg", projection.DEFAULT_FOV_DOWN_DEG, "Lower edge of the vertical field of view, degrees.",
-                                 float_range=(-90.0, 90.0), read_only=True)
-        self._min_range = declare(self, "min_range", projection.DEFAULT_MIN_RANGE_M, "Returns nearer than this (metres) are ignored.",
-                                  float_range=(0.0, 1000.0), read_only=True)
-        self._max_range = declare(self, "max_range", projection.DEFAULT_MAX_RANGE_M, "Returns farther than this (metres) are ignored.",
-                                  float_range=(0.01, 1000.0), read_only=True)
+        self._fov_up = declare(self, "fov_up_deg", projection.DEFAULT_FOV_UP_DEG,
+                               "Upper edge of the vertical field of view, degrees.", float_range=(-90.0, 90.0), read_only=True)
+        self._fov_down = declare(self, "fov_down_deg", projection.DEFAULT_FOV_DOWN_DEG,
+                                 "Lower edge of the vertical field of view, degrees.", float_range=(-90.0, 90.0), read_only=True)
+        self._min_range = declare(self, "min_range", projection.DEFAULT_MIN_RANGE_M,
+                                  "Returns nearer than this (metres) are ignored.", float_range=(0.0, 1000.0), read_only=True)
+        self._max_range = declare(self, "max_range", projection.DEFAULT_MAX_RANGE_M,
+                                  "Returns farther than this (metres) are ignored.", float_range=(0.01, 1000.0), read_only=True)
         if self._fov_up <= self._fov_down or self._max_range <= self._min_range:
             raise ValueError("lidar_adapter: need fov_up_deg > fov_down_deg and max_range > min_range")
         self._received = 0

@@ -144,7 +144,8 @@ def parse_xyz(
         view = view.cast("B")
     needed = height * row_step
     if view.nbytes < needed:
-        raise PointCloudError("data", f"expected >= {needed} bytes (height {height} x row_step {row_step}), received {view.nbytes}")
+        raise PointCloudError("data",
+                              f"expected >= {needed} bytes (height {height} x row_step {row_step}), received {view.nbytes}")
 
     count = height * width
     xyz = np.empty((count, 3), dtype=np.float32)

@@ -23,8 +23,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -71,6 +72,30 @@ class Reply:
 ReplyFn = Callable[[Reply], None]
 
 
+class StageTimings(Protocol):
+    """What the server reads of a chunk's timings."""
+
+    total_ms: float
+    queue_ms: float
+
+
+class Chunk(Protocol):
+    """What the server reads of a finished inference (``runtime.pipeline.ActionChunk``)."""
+
+    actions: np.ndarray
+    confidence: float
+    timings: StageTimings
+
+
+class Pipeline(Protocol):
+    """The seam to the model (``runtime.pipeline.InferencePipeline``): ``submit`` returns at once with
+    a future; ``pipelining`` says whether two requests may be in flight (one per stage)."""
+
+    pipelining: bool
+
+    def submit(self, observation: Observation, steps: int, seed: int) -> "Future[Chunk]": ...
+
+
 @dataclass
 class ServerSettings:
     """Values the node may change while active; read once per request."""
@@ -94,7 +119,7 @@ class InferenceServer:
 
     def __init__(
         self,
-        pipeline: Any,
+        pipeline: Pipeline,
         validator: RequestValidator,
         settings: ServerSettings,
         clock: Callable[[], float] = time.monotonic,
@@ -108,7 +133,7 @@ class InferenceServer:
         self.stats = LatencyStats()
         self._worker: Optional[threading.Thread] = None
         self._stopping = threading.Event()
-        self._concurrency = 2 if getattr(pipeline, "pipelining", False) else 1
+        self._concurrency = 2 if pipeline.pipelining else 1
         self._capacity = threading.Semaphore(self._concurrency)
         self._model_ms: "OrderedDict[int, float]" = OrderedDict()
         self._model_ms_lock = threading.Lock()
@@ -157,9 +182,6 @@ class InferenceServer:
         return self._worker is not None and self._worker.is_alive()
 
     # -- requests --------------------------------------------------------------------------
-    def reject_not_ready(self, request_id: int, reply: ReplyFn, why: str) -> None:
-        self._answer(reply, Reply(request_id, Status.NOT_READY, why), None)
-
     def submit(self, request_id: int, payload: RequestPayload, reply: ReplyFn) -> None:
         """Answer now (rate limit, invalid, superseded) or queue for the worker. Never blocks on inference."""
         received_at = self._clock()
@@ -217,7 +239,7 @@ class InferenceServer:
             return
         future.add_done_callback(lambda done: self._complete(job, steps, done, None))
 
-    def _complete(self, job: _Job, steps: int, future: Any, error: Optional[BaseException]) -> None:
+    def _complete(self, job: _Job, steps: int, future: "Optional[Future[Chunk]]", error: Optional[BaseException]) -> None:
         try:
             if error is None:
                 error = future.exception()
@@ -225,10 +247,12 @@ class InferenceServer:
         finally:
             self._capacity.release()
 
-    def _reply_for(self, job: _Job, steps: int, chunk: Any, error: Optional[BaseException]) -> Reply:
-        if isinstance(error, ValueError):
-            return Reply(job.request_id, Status.INVALID_REQUEST, str(error), denoising_steps=steps)
-        if error is not None:
+    def _reply_for(self, job: _Job, steps: int, chunk: Optional[Chunk], error: Optional[BaseException]) -> Reply:
+        """Validation already passed, so any error from here on is the server's: INTERNAL_ERROR, never
+        INVALID_REQUEST (a ValueError inside a backend is a bug or a fault, not the client's doing)."""
+        if error is None and chunk is None:
+            error = RuntimeError("the pipeline finished without a chunk")
+        if error is not None or chunk is None:
             LOG.error("inference failed for request %d: %s: %s", job.request_id, type(error).__name__, error)
             return Reply(job.request_id, Status.INTERNAL_ERROR, f"{type(error).__name__}: {error}",
                          denoising_steps=steps)

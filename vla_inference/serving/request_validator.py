@@ -151,7 +151,8 @@ def _check_state(value: Any, limits: ValidationLimits) -> np.ndarray:
     try:
         length = len(value)
     except TypeError:
-        raise InvalidRequestError("sensor_data.state", f"expected a sequence of floats, received {type(value).__name__}") from None
+        raise InvalidRequestError("sensor_data.state",
+                                  f"expected a sequence of floats, received {type(value).__name__}") from None
     if length != limits.state_dim:
         raise InvalidRequestError("sensor_data.state", f"expected {limits.state_dim} values, received {length}")
     try:
@@ -199,7 +200,8 @@ def _check_lidar(image: Optional[ImageLike], limits: ValidationLimits) -> Option
     if step != cols * 4:
         raise InvalidRequestError(f"{prefix}.step", f"expected {cols * 4} (width {cols} x 4 bytes), received {step}")
     if view.nbytes != rows * step:
-        raise InvalidRequestError(f"{prefix}.data", f"expected {rows * step} bytes (height {rows} x step {step}), received {view.nbytes}")
+        raise InvalidRequestError(f"{prefix}.data",
+                                  f"expected {rows * step} bytes (height {rows} x step {step}), received {view.nbytes}")
     ranges = np.frombuffer(view, dtype=">f4" if is_bigendian else "<f4").reshape(rows, cols)
     ok = np.isfinite(ranges) & (ranges >= 0.0)
     if not ok.all():
@@ -221,7 +223,8 @@ def validate_request(payload: RequestPayload, limits: ValidationLimits) -> Valid
     try:
         count = len(images)
     except TypeError:
-        raise InvalidRequestError("sensor_data.images", f"expected a sequence of images, received {type(images).__name__}") from None
+        raise InvalidRequestError("sensor_data.images",
+                                  f"expected a sequence of images, received {type(images).__name__}") from None
     if count != limits.num_cameras:
         raise InvalidRequestError(
             "sensor_data.images", f"expected {limits.num_cameras} images (one per camera_names entry), received {count}"

@@ -16,9 +16,9 @@ At run time every engine/profile pair has its own execution context with device 
 pinned host buffers allocated once, input shapes and tensor addresses set once. Stage 1 runs on a
 normal-priority stream, one batch row per camera view of the request, and copies each sample's
 view row into one of two device slots of K rows (device to device copies); stage 2 runs on the
-highest-priority stream: the action expert and a small TensorRT network for the Euler update ``x + dt * v`` alternate on device, reading the flow times
-from a device schedule, so the loop enqueues work without host synchronisation and only the final
-chunk is copied back.
+highest-priority stream: the action expert and a small TensorRT network for the Euler update
+``x + dt * v`` alternate on device, reading the flow times from a device schedule, so the loop
+enqueues work without host synchronisation and only the final chunk is copied back.
 """
 from __future__ import annotations
 
