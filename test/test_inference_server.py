@@ -1,15 +1,16 @@
 """The ROS-free serving core with the real pipeline: every request answered exactly once."""
 import os
 import threading
-import time
+from typing import Optional
 
 import numpy as np
 import pytest
 
+from vla_inference.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.serving.inference_server import InferenceServer, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
-from vla_inference.spec.manifest import shipped_model_dir
+from vla_inference.spec.manifest import load_manifest, shipped_model_dir
 from vla_inference.synthetic import generate_scene, make_observation
 
 MODEL_DIR = os.environ.get("VLA_TEST_MODEL_DIR") or str(shipped_model_dir())
@@ -39,23 +40,45 @@ def payload(seed: int = 1, steps: int = 0) -> RequestPayload:
 
 
 class Replies:
+    """The reply callback: records every reply and wakes whoever waits for one."""
+
     def __init__(self) -> None:
         self.items = []
-        self.lock = threading.Lock()
+        self.arrived = threading.Condition()
 
     def __call__(self, reply) -> None:
-        with self.lock:
+        with self.arrived:
             self.items.append(reply)
+            self.arrived.notify_all()
 
     def by_id(self):
-        with self.lock:
+        with self.arrived:
             return {r.request_id: r for r in self.items}
 
     def wait(self, count: int, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.items) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(self.items) >= count, f"{len(self.items)} of {count} replies"
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.items) >= count, timeout_s), f"{len(self.items)} of {count} replies"
+
+    def wait_for_id(self, request_id: int, timeout_s: float = 30.0) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: any(r.request_id == request_id for r in self.items), timeout_s), \
+                f"no reply to request {request_id}"
+
+
+class HeldPipeline:
+    """The real pipeline, except that each request waits at the door until the test opens it, and the
+    test learns when the worker has taken a request: it orders events instead of sleeping."""
+
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        self.pipeline = pipeline
+        self.pipelining = pipeline.pipelining
+        self.taken = threading.Event()
+        self.door = threading.Event()
+
+    def submit(self, observation, steps: int, seed: int):
+        self.taken.set()
+        assert self.door.wait(10.0), "the test never let the request through"
+        return self.pipeline.submit(observation, steps=steps, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +110,7 @@ def test_rate_limit_supersede_and_exactly_once(server):
     clock.now += 0.2
     server.submit(4, payload(), replies)          # accepted: replaces 3 if 3 still waits
     replies.wait(4)
-    time.sleep(0.3)
+    server.stop()  # returns once the worker is done: any further reply would be in by now
     got = replies.by_id()
     assert sorted(got) == [1, 2, 3, 4] and len(replies.items) == 4
     assert got[2].status == Status.REJECTED_RATE_LIMIT and got[2].retry_after_ms == 200
@@ -96,27 +119,25 @@ def test_rate_limit_supersede_and_exactly_once(server):
     assert got[1].actions.shape == (16, 8) and 0.0 <= got[1].confidence <= 1.0
 
 
-def test_a_newer_request_supersedes_the_waiting_one(server, pipeline):
+def test_a_newer_request_supersedes_the_waiting_one(pipeline):
+    held = HeldPipeline(pipeline)
+    clock = Clock()
+    validator = RequestValidator(ValidationLimits(num_cameras=3, state_dim=pipeline.cfg.state_dim))
+    server = InferenceServer(held, validator, ServerSettings(max_request_rate_hz=5.0, deadline_ms=10_000), clock)
+    server.start()
     replies = Replies()
-    gate = threading.Event()
-    original = pipeline.submit
-
-    def slow_submit(*args, **kwargs):  # hold request 1 in flight until requests 2 and 3 are in
-        gate.wait(10.0)
-        return original(*args, **kwargs)
-
-    pipeline.submit = slow_submit
     try:
         server.submit(1, payload(), replies)
-        time.sleep(0.2)
+        assert held.taken.wait(10.0), "the worker never took request 1"
         for request_id in (2, 3):
-            server.clock.now += 0.25
+            clock.now += 0.25
             server.submit(request_id, payload(), replies)
-        replies.wait(1)
-        gate.set()
+        replies.wait_for_id(2)
+        held.door.set()
         replies.wait(3)
     finally:
-        pipeline.submit = original
+        held.door.set()
+        server.stop()
     got = replies.by_id()
     assert got[2].status == Status.SUPERSEDED and "3" in got[2].message
     assert got[1].status == Status.OK and got[3].status == Status.OK
@@ -140,51 +161,67 @@ def test_invalid_requests_and_steps(server):
     assert replies.by_id()[3].denoising_steps == 4
 
 
-def test_backend_failure_is_internal_error_and_serving_continues(server, pipeline):
-    replies = Replies()
-    backend = pipeline.backend
-    original = backend.denoise
+class FailingOnceBackend(OnnxRuntimeBackend):
+    """The ONNX Runtime backend with one injected fault: once armed, the next denoising loop raises it."""
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("device lost")
+    def __init__(self, manifest) -> None:
+        super().__init__(manifest, intra_op_threads=2)
+        self.fault: Optional[Exception] = None
 
-    backend.denoise = broken
-    try:
-        server.submit(1, payload(), replies)
-        replies.wait(1)
-    finally:
-        backend.denoise = original
-    server.clock.now += 1.0
-    server.submit(2, payload(), replies)
-    replies.wait(2)
+    def denoise(self, prefix, noise, steps):
+        fault, self.fault = self.fault, None
+        if fault is not None:
+            raise fault
+        return super().denoise(prefix, noise, steps)
+
+
+@pytest.mark.parametrize("fault", [RuntimeError("device lost"), ValueError("prefix_kv: device lost")],
+                         ids=["RuntimeError", "ValueError"])
+def test_backend_failure_is_internal_error_and_serving_continues(fault):
+    # A ValueError inside the backend is the server's fault too: only validation blames the client.
+    backend = FailingOnceBackend(load_manifest(MODEL_DIR))
+    with InferencePipeline(backend, backend.config, num_samples=2, pipelining=False, owns_backend=True) as pipeline:
+        backend.fault = fault  # armed after the pipeline's warm-up
+        clock = Clock()
+        validator = RequestValidator(ValidationLimits(num_cameras=3, state_dim=pipeline.cfg.state_dim))
+        server = InferenceServer(pipeline, validator, ServerSettings(max_request_rate_hz=5.0, deadline_ms=10_000), clock)
+        server.start()
+        replies = Replies()
+        try:
+            server.submit(1, payload(), replies)
+            replies.wait(1)
+            clock.now += 1.0
+            server.submit(2, payload(), replies)
+            replies.wait(2)
+        finally:
+            server.stop()
     got = replies.by_id()
-    assert got[1].status == Status.INTERNAL_ERROR and "device lost" in got[1].message
+    assert got[1].status == Status.INTERNAL_ERROR and "device lost" in got[1].message, got[1]
+    assert type(fault).__name__ in got[1].message
     assert got[2].status == Status.OK
 
 
 def test_stop_answers_the_waiting_request_not_ready(pipeline):
     clock = Clock()
     validator = RequestValidator(ValidationLimits(num_cameras=3, state_dim=pipeline.cfg.state_dim))
-    server = InferenceServer(pipeline, validator, ServerSettings(max_request_rate_hz=100.0), clock)
+    held = HeldPipeline(pipeline)
+    server = InferenceServer(held, validator, ServerSettings(max_request_rate_hz=100.0), clock)
     replies = Replies()
     server.submit(1, payload(), replies)  # not started yet
     assert replies.by_id()[1].status == Status.NOT_READY
     server.start()
-    gate = threading.Event()
-    original = pipeline.submit
-    pipeline.submit = lambda *a, **k: (gate.wait(10.0), original(*a, **k))[1]
     try:
         server.submit(2, payload(), replies)
-        time.sleep(0.2)
+        assert held.taken.wait(10.0), "the worker never took request 2"
         clock.now += 1.0
         server.submit(3, payload(), replies)
         stopper = threading.Thread(target=server.stop)
         stopper.start()
-        time.sleep(0.2)
-        gate.set()
+        replies.wait_for_id(3)  # stop() answers the waiting request before it waits for the running one
+        held.door.set()
         stopper.join(30.0)
     finally:
-        pipeline.submit = original
+        held.door.set()
     got = replies.by_id()
     assert got[3].status == Status.NOT_READY
     assert got[2].status == Status.OK, "the running request still gets its response"

@@ -102,6 +102,16 @@ class VlaClientNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
 
     # -- inputs --------------------------------------------------------------------------------
+    @property
+    def response_counts(self) -> Dict[str, int]:
+        """Responses per status name (plus ``chunk_refused``) since start: what the diagnostics report."""
+        return dict(self._counts)
+
+    @property
+    def waiting_for(self) -> List[str]:
+        """Sensors that have not delivered once yet; nothing is sent while this is not empty."""
+        return list(self._waiting_for)
+
     def _store_image(self, name: str, msg: Image) -> None:
         self._images[name] = (time.monotonic(), msg)
 
