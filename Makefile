@@ -11,7 +11,7 @@ demo: setup
 	@$(ENV) && python -m vla_test_pipeline.demo $(DEMO_ARGS)
 
 test: setup
-	@$(ENV) && python -m pytest $(PYTEST_ARGS)
+	@$(ENV) && ruff check . && python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf build install log env.sh .venv
