@@ -44,8 +44,9 @@ from vla_inference.runtime.confidence import DEFAULT_SCALE, summarize_samples
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, SampleViews, max_view_rows, plan_views, view_feeds
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.flow import flow_schedule
-from vla_inference.spec.manifest import load_manifest
-from vla_inference.spec.observation import Observation, vision_feeds
+from vla_inference.spec.model_dir import open_model_dir, policy_io
+from vla_inference.spec.observation import Observation
+from vla_inference.spec.policy_io import FeedEncoder
 
 LOG = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ class StageTimings:
 class ActionChunk:
     """The answer to one request: the mean of K sampled chunks and how much they agree."""
 
-    actions: np.ndarray  # float32 [H, D]: mean over the K samples
+    actions: np.ndarray  # float32 [H, D]: mean over the K samples, robot units (D = the robot's action size)
     confidence: float  # in [0, 1] (NaN when K == 1), see vla_inference.runtime.confidence
     dispersion: float
-    samples: np.ndarray  # float32 [K, H, D]
+    samples: np.ndarray  # float32 [K, H, D], robot units
     views: SampleViews  # the camera view each sample saw
     steps: int
     seed: int
@@ -98,12 +99,14 @@ def sample_noise(seed: int, num_samples: int, horizon: int, action_dim: int) -> 
     return np.random.default_rng(seed).standard_normal((num_samples, horizon, action_dim), dtype=np.float32)
 
 
-def warmup_observation(cfg: VlaConfig) -> Observation:
-    """A valid observation with every input present (all cameras, LiDAR), for warm-up runs."""
+def warmup_observation(cfg: VlaConfig, state_dim: Optional[int] = None) -> Observation:
+    """A valid observation with every input present (all cameras, LiDAR), for warm-up runs;
+    ``state_dim`` is the robot's (default: the engine's)."""
     size = cfg.vision.image_size
     images = [np.full((size, size, 3), 127, dtype=np.uint8) for _ in range(cfg.max_cameras)]
     lidar = np.full((cfg.lidar.rows, cfg.lidar.cols), 5.0, dtype=np.float32)
-    return Observation(images=images, text="warm up", state=np.zeros(cfg.state_dim, np.float32), lidar_range=lidar)
+    state = np.zeros(cfg.state_dim if state_dim is None else state_dim, np.float32)
+    return Observation(images=images, text="warm up", state=state, lidar_range=lidar)
 
 
 class InferencePipeline:
@@ -137,6 +140,7 @@ class InferencePipeline:
         self.confidence_scale = float(confidence_scale if confidence_scale is not None else recorded_scale)
         self.action_scale = backend.manifest.raw.get("action_scale")
         self.path_dims = backend.manifest.raw.get("path_dims")
+        self.encoder = FeedEncoder(self.cfg, policy_io(backend.manifest), backend.manifest.model_dir)
         self._owns_backend = owns_backend
         self._closed = False
         self._lock = threading.Lock()
@@ -174,7 +178,7 @@ class InferencePipeline:
         pipeline_keys = {"cfg", "num_samples", "pipelining", "warmup_runs", "confidence_scale", "confidence_views"}
         pipeline_kwargs = {k: v for k, v in kwargs.items() if k in pipeline_keys}
         backend_kwargs = {k: v for k, v in kwargs.items() if k not in pipeline_keys}
-        runner = create_backend(backend, load_manifest(Path(model_dir)), precision=precision, **backend_kwargs)
+        runner = create_backend(backend, open_model_dir(Path(model_dir)), precision=precision, **backend_kwargs)
         return cls(runner, owns_backend=True, **pipeline_kwargs)
 
     # -- public API -----------------------------------------------------------------------------
@@ -205,7 +209,7 @@ class InferencePipeline:
 
     def warm_up(self, runs: int = 2) -> None:
         """Run a full-size dummy request through both stages so the first real one is not an outlier."""
-        observation = warmup_observation(self.cfg)
+        observation = warmup_observation(self.cfg, self.encoder.state_dim)
         for run in range(runs):
             self.infer(observation, steps=2, seed=run)
 
@@ -234,7 +238,7 @@ class InferencePipeline:
         """Preprocess (validate, normalise, tokenise, draw noise) and run the vision engine."""
         marks = request.marks
         marks["stage1_start"] = time.perf_counter()
-        feeds = vision_feeds([request.observation], self.cfg)  # validates the observation, naming the field
+        feeds = self.encoder.feeds([request.observation])  # validates the observation, naming the field
         request.views = plan_views(self.confidence_views, len(request.observation.images), self.num_samples)
         feeds = view_feeds(feeds, request.views)
         draws = sample_noise(request.seed, self.num_samples, self.cfg.action_horizon, self.cfg.action_dim)
@@ -260,6 +264,7 @@ class InferencePipeline:
         marks["denoise_end"] = time.perf_counter()
         if not np.isfinite(samples).all():
             raise InferenceError(f"backend {self.backend.name!r} produced NaN/Inf actions")
+        samples = self.encoder.actions(samples)  # robot units (a pi0.5 policy's are normalised and padded)
         actions, confidence, dispersion = summarize_samples(samples, self.confidence_scale, self.action_scale,
                                                             self.path_dims)
         done = time.perf_counter()

@@ -1,7 +1,10 @@
 """Model configuration and the two presets (`tiny`, the shipped CPU policy, and `pi05`).
 
 Plain dataclasses with no torch import, so the runtime and the nodes can read a model's shape
-contract without PyTorch installed.
+contract without PyTorch installed. ``architecture`` says which network the sizes describe:
+``vla``, this project's policy (cameras, LiDAR, text and a state token), or ``pi05``, the
+Physical Intelligence pi0.5 as LeRobot and openpi train it (cameras and a prompt that carries the
+discretised state; no LiDAR). Both serve the same two-engine contract (``engine_spec``).
 """
 from __future__ import annotations
 
@@ -55,9 +58,13 @@ class ExpertConfig:
     mlp_dim: int = 256
 
 
+ARCHITECTURES = ("vla", "pi05")
+
+
 @dataclass(frozen=True)
 class VlaConfig:
     preset: str = "tiny"
+    architecture: str = "vla"
     max_cameras: int = 3
     text_max_len: int = 48
     # Rows of the text embedding. The byte tokenizer uses ids < 258; pi05 keeps PaliGemma's
@@ -75,14 +82,26 @@ class VlaConfig:
     def tokens_per_camera(self) -> int:
         return (self.vision.image_size // self.vision.patch_size) ** 2
 
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, received {self.architecture!r}")
+
+    @property
+    def uses_lidar(self) -> bool:
+        """Whether the prefix has LiDAR tokens (pi0.5 has none: its engine ignores ``lidar_range``)."""
+        return self.architecture == "vla"
+
     @property
     def lidar_tokens(self) -> int:
+        if not self.uses_lidar:
+            return 0
         return (self.lidar.rows // self.lidar.patch_rows) * (self.lidar.cols // self.lidar.patch_cols)
 
     @property
     def prefix_len(self) -> int:
-        """Prefix tokens: [cameras..., LiDAR, text, one state token]."""
-        return self.max_cameras * self.tokens_per_camera + self.lidar_tokens + self.text_max_len + 1
+        """Prefix tokens: vla [cameras..., LiDAR, text, one state token]; pi05 [cameras..., prompt]."""
+        state_tokens = 1 if self.architecture == "vla" else 0
+        return self.max_cameras * self.tokens_per_camera + self.lidar_tokens + self.text_max_len + state_tokens
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,27 +28,33 @@ class Observation:
 
     def validate(self, cfg: VlaConfig) -> None:
         """Raise ``ValueError`` naming the field, expected and received values."""
-        size = cfg.vision.image_size
-        if not 1 <= len(self.images) <= cfg.max_cameras:
-            raise ValueError(f"images: expected 1..{cfg.max_cameras} cameras, received {len(self.images)}")
-        for i, image in enumerate(self.images):
-            if not isinstance(image, np.ndarray) or image.shape != (size, size, 3) or image.dtype != np.uint8:
-                got = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
-                raise ValueError(f"images[{i}]: expected uint8 ({size}, {size}, 3), received {got}")
-        state = np.asarray(self.state)
-        if state.shape != (cfg.state_dim,):
-            raise ValueError(f"state: expected shape ({cfg.state_dim},), received {state.shape}")
-        if not np.isfinite(state).all():
-            raise ValueError("state: contains NaN or Inf")
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise ValueError("text: expected a non-empty string")
-        if self.lidar_range is not None:
-            lidar = self.lidar_range
-            expected = (cfg.lidar.rows, cfg.lidar.cols)
-            if not isinstance(lidar, np.ndarray) or lidar.shape != expected:
-                raise ValueError(f"lidar_range: expected shape {expected}, received {getattr(lidar, 'shape', None)}")
-            if not np.isfinite(lidar).all():
-                raise ValueError("lidar_range: contains NaN or Inf")
+        check_observation(self, cfg, cfg.state_dim, with_lidar=True)
+
+
+def check_observation(obs: Observation, cfg: VlaConfig, state_dim: int, with_lidar: bool) -> None:
+    """``ValueError`` naming the field, expected and received values. ``state_dim`` is the robot's
+    (a pi0.5 policy pads it inside the model); ``with_lidar`` False ignores ``lidar_range``."""
+    size = cfg.vision.image_size
+    if not 1 <= len(obs.images) <= cfg.max_cameras:
+        raise ValueError(f"images: expected 1..{cfg.max_cameras} cameras, received {len(obs.images)}")
+    for i, image in enumerate(obs.images):
+        if not isinstance(image, np.ndarray) or image.shape != (size, size, 3) or image.dtype != np.uint8:
+            got = (getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__))
+            raise ValueError(f"images[{i}]: expected uint8 ({size}, {size}, 3), received {got}")
+    state = np.asarray(obs.state)
+    if state.shape != (state_dim,):
+        raise ValueError(f"state: expected shape ({state_dim},), received {state.shape}")
+    if not np.isfinite(state).all():
+        raise ValueError("state: contains NaN or Inf")
+    if not isinstance(obs.text, str) or not obs.text.strip():
+        raise ValueError("text: expected a non-empty string")
+    if with_lidar and obs.lidar_range is not None:
+        lidar = obs.lidar_range
+        expected = (cfg.lidar.rows, cfg.lidar.cols)
+        if not isinstance(lidar, np.ndarray) or lidar.shape != expected:
+            raise ValueError(f"lidar_range: expected shape {expected}, received {getattr(lidar, 'shape', None)}")
+        if not np.isfinite(lidar).all():
+            raise ValueError("lidar_range: contains NaN or Inf")
 
 
 def vision_feeds(observations: Sequence[Observation], cfg: VlaConfig) -> Dict[str, np.ndarray]:
