@@ -140,9 +140,10 @@ def profile_variant(policy, cfg, name: str, args, observation, out: Path) -> dic
             total += us
     if args.trace:
         prof.export_chrome_trace(str(out / f"trace_{cfg.preset}_{name}_steps{args.steps}.json"))
+    by_time = sorted(families.items(), key=lambda kv: -kv[1])
     summary = {"variant": name, "steps": args.steps, "timings_ms": chunk.timings.__dict__,
                "gpu_kernel_ms_total": total / 1000.0,
-               "families": {k: {"ms": v / 1000.0, "kernels": counts[k]} for k, v in sorted(families.items(), key=lambda kv: -kv[1])}}
+               "families": {k: {"ms": v / 1000.0, "kernels": counts[k]} for k, v in by_time}}
     print(f"profile {name}, {args.steps} steps: {total / 1000.0:.2f} ms of kernels; host timings {chunk.timings}")
     for family, info in summary["families"].items():
         print(f"  {family:<40}{info['ms']:>9.2f} ms {info['kernels']:>6} kernels")

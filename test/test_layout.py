@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from import_graph import cycles, external_imports, folder_graph, folder_of, package_graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +61,8 @@ def _loaded_after_import(module: str) -> list:
 def test_the_spec_imports_without_rclpy_or_torch():
     loaded = _loaded_after_import("vla_inference.spec.manifest, vla_inference.spec.observation, vla_inference.spec.interface")
     assert not [m for m in loaded if m.split(".")[0] in ("rclpy", "torch")], loaded
-    assert all(m == "vla_inference" or m.startswith("vla_inference.spec") for m in loaded if m.startswith("vla_inference")), loaded
+    package = [m for m in loaded if m.startswith("vla_inference")]
+    assert all(m == "vla_inference" or m.startswith("vla_inference.spec") for m in package), loaded
 
 
 def test_the_inference_node_loads_no_lab_code():

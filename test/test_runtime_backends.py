@@ -173,7 +173,9 @@ def test_expert_workers_split_the_samples_and_agree_with_one_run(manifest: Manif
         backend = create_backend("onnxruntime", manifest, expert_workers=workers)
         with InferencePipeline(backend, num_samples=5, pipelining=False, warmup_runs=0, owns_backend=True) as pipeline:
             samples[workers] = pipeline.infer(obs, steps=4, seed=2).samples
-            assert len([t for t in threading.enumerate() if t.name.startswith("vla-expert")]) == (workers > 1) * workers
+            # ThreadPoolExecutor starts a worker per submission only while none is idle: 1..workers of them.
+            pool = len([t for t in threading.enumerate() if t.name.startswith("vla-expert")])
+            assert (1 <= pool <= workers) if workers > 1 else pool == 0, pool
         assert not [t for t in threading.enumerate() if t.name.startswith("vla-expert") and t.is_alive()]
     for workers in (2, 3):
         np.testing.assert_allclose(samples[workers], samples[1], atol=1e-5)

@@ -1,26 +1,34 @@
-"""The torch backend's GPU fast path (``FastPolicy``), checked on the CPU in fp32 against the policy.
+"""The torch backend's fast path (``vla_inference.model.fast_policy.FastPolicy``) against the policy.
 
-The CUDA serving path runs these same functions in bf16 inside CUDA graphs (``gpu_check`` covers that
-on a GPU host); here they must reproduce ``VlaPolicy`` to float32 rounding: prefix keys/values, the
-Euler loop over the modulation table with the shared, padded prefix, for one and for two key/value
-heads, with the split attention and the joint (reference-layout) one.
+On the CPU in fp32 the fast functions must reproduce ``VlaPolicy`` to float32 rounding: prefix
+keys/values, the Euler loop over the modulation table with the shared, padded prefix, for one and for
+two key/value heads, with the split attention and the joint (reference-layout) one. The policy's
+kernel hooks (``VisionEngine.use_backbone`` / ``use_patch_kernels``) must switch what the vision
+engine runs and back, and the backend's options are checked by name. On a CUDA host the same runs in
+bf16, and the backend serves each option set end to end (``gpu_check`` covers the shipped policy).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the torch backend needs PyTorch")
 
+from vla_inference.lab import bench  # noqa: E402
+from vla_inference.model.fast_policy import FastPolicy, _patch_conv  # noqa: E402
 from vla_inference.model.policy import build_policy  # noqa: E402
-from vla_inference.runtime.backends.torch_backend import FastPolicy, _patch_conv  # noqa: E402
+from vla_inference.runtime.backends.torch_backend import TorchBackend  # noqa: E402
+from vla_inference.runtime.pipeline import InferencePipeline  # noqa: E402
 from vla_inference.spec.config import BackboneConfig, VlaConfig, tiny  # noqa: E402
 from vla_inference.spec.engine_spec import VISION, engine_specs  # noqa: E402
 from vla_inference.spec.flow import flow_schedule  # noqa: E402
 
 TOLERANCE = 1e-5
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _policy(cfg: VlaConfig):
@@ -63,7 +71,7 @@ def test_fast_path_reproduces_the_policy_in_fp32(cfg_fn, attention: str, prefix_
     policy = copy.deepcopy(reference)
     fast = FastPolicy(policy, compile=False, attention=attention, prefix_attention=prefix_attention)
     feeds = _feeds(cfg)
-    args = [feeds[spec.name] for spec in engine_specs(cfg)[VISION].inputs]
+    args = _args(cfg, feeds)
     samples, steps = 3, 4
     noise = torch.randn((samples, cfg.action_horizon, cfg.action_dim), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -107,16 +115,102 @@ def test_fusing_weights_keeps_names_shapes_and_values_and_is_reused() -> None:
     assert q_proj.data_ptr() == first.expert_weights[0][0].data_ptr()
 
 
-def test_install_and_uninstall_touch_only_this_instance() -> None:
-    policy, other = _policy(tiny()), _policy(tiny())
+def _args(cfg: VlaConfig, feeds: dict) -> list:
+    return [feeds[spec.name] for spec in engine_specs(cfg)[VISION].inputs]
+
+
+def _own_modules(policy) -> dict:
+    """What the vision engine runs of its own per kernel hook: backbone norms, ViT blocks, patch convolutions."""
+    engine = policy.vision_engine
+    return {"backbone": [layer.input_norm for layer in engine.layers], "vit": list(engine.vit.blocks),
+            "patch": list(engine.patch_convolutions())}
+
+
+def test_the_hooks_switch_the_vision_engine_to_the_fast_path_and_back() -> None:
+    cfg = tiny()
+    reference = _policy(cfg)
+    policy, other = copy.deepcopy(reference), copy.deepcopy(reference)
     fast = FastPolicy(policy)
-    fast.install()
-    assert "_backbone" in vars(policy.vision_engine) and "_backbone" not in vars(other.vision_engine)
-    assert all("forward" in vars(block) for block in policy.vision_engine.vit.blocks)
     assert len(fast.patch_convs) == 3  # ViT patches, LiDAR columns, LiDAR patches
-    fast.uninstall()
-    assert "_backbone" not in vars(policy.vision_engine)
-    assert not any("forward" in vars(m) for m in list(policy.vision_engine.vit.blocks) + fast.patch_convs)
+    args = _args(cfg, _feeds(cfg))
+    ran = set()  # (policy, kind) of every own module that ran, by PyTorch's forward hooks
+    for name, instance in (("policy", policy), ("other", other)):
+        for kind, modules in _own_modules(instance).items():
+            for module in modules:
+                module.register_forward_hook(lambda *_, key=(name, kind): ran.add(key))
+    every = {"backbone", "vit", "patch"}
+
+    def run(name: str, instance) -> torch.Tensor:
+        ran.clear()
+        with torch.no_grad():
+            kv, mask = instance.vision_engine(*args)
+        assert torch.equal(mask, ref_mask)
+        assert {kind for who, kind in ran if who != name} == set()
+        return kv, {kind for who, kind in ran if who == name}
+
+    with torch.no_grad():
+        ref_kv, ref_mask = reference.vision_engine(*args)
+    scale = TOLERANCE * max(1.0, float(ref_kv.abs().max()))
+    kv, kinds = run("policy", policy)
+    assert kinds == every and float((kv - ref_kv).abs().max()) <= scale
+    fast.install()
+    try:
+        kv, kinds = run("policy", policy)
+        assert kinds == set(), f"the policy's own {sorted(kinds)} ran with the fast path installed"
+        assert float((kv - ref_kv).abs().max()) <= scale
+        assert run("other", other)[1] == every  # another instance keeps its own modules
+    finally:
+        fast.uninstall()
+    kv, kinds = run("policy", policy)
+    assert kinds == every and float((kv - ref_kv).abs().max()) <= scale
+
+
+def test_a_backbone_hook_must_return_the_contract_shape() -> None:
+    cfg = tiny()
+    policy = _policy(cfg)
+    args = _args(cfg, _feeds(cfg))
+    policy.vision_engine.use_backbone(lambda x, prefix_mask: x)  # the tokens, not the keys/values
+    with torch.no_grad(), pytest.raises(ValueError, match=re.escape("prefix_kv (use_backbone): expected shape")):
+        policy.vision_engine(*args)
+    policy.vision_engine.use_backbone(None)
+    with torch.no_grad():
+        kv, _ = policy.vision_engine(*args)
+    b = cfg.backbone
+    assert kv.shape == (1, b.depth, 2, b.num_kv_heads, cfg.prefix_len, b.head_dim)
+
+
+@pytest.mark.parametrize("option,value,allowed", [
+    ("attention", "bogus", "('split', 'joint')"),
+    ("prefix_attention", "flash", "('manual', 'sdpa')"),
+    ("fast_path", "false", "True or False"),
+    ("compile", 1, "True or False"),
+    ("sync_prefix", None, "True or False"),
+])
+def test_a_bad_backend_option_is_refused_naming_it(option: str, value, allowed: str) -> None:
+    cfg = tiny()
+    message = re.escape(f"{option}: expected ") + ".*" + re.escape(f"{allowed}, received {value!r}")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        TorchBackend.from_policy(_policy(cfg), cfg, "cpu", **{option: value})
+    if option in ("attention", "prefix_attention"):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            FastPolicy(_policy(cfg), **{option: value})
+
+
+def test_bench_torch_options_reach_the_backend_constructor() -> None:
+    base = ["--backend", "torch", "--random-weights", "--preset", "tiny", "--device", "cpu"]
+    backend = bench.make_backend(bench.parse_args(
+        base + ["--torch-option", "fast_path=off", "--torch-option", " prefix_attention = sdpa", "--torch-option",
+                "sync_prefix=False"]))
+    assert (backend.fast_path, backend.prefix_attention, backend.sync_prefix) == (False, "sdpa", False)
+    assert (backend.compile, backend.attention) == (True, "split")  # the defaults
+    with pytest.raises(ValueError, match=r"^attention: expected .*received 'bogus'$"):
+        bench.make_backend(bench.parse_args(base + ["--torch-option", "attention=bogus"]))
+    with pytest.raises(TypeError, match="has no option 'fastpath'"):
+        bench.make_backend(bench.parse_args(["--backend", "torch", "--torch-option", "fastpath=false"]))
+    with pytest.raises(SystemExit):
+        bench.make_backend(bench.parse_args(["--torch-option", "fast_path=false"]))  # onnxruntime
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--torch-option", "fast_path"])  # not NAME=VALUE
 
 
 def test_patch_convolution_as_one_gemm() -> None:
@@ -157,3 +251,62 @@ def test_fast_path_with_a_prefix_per_sample_reproduces_the_policy_in_fp32(cfg_fn
         for step in range(len(times)):
             x = x + float(dt) * fast.velocity(x, torch.tensor([times[step]]), table[step], padded_kv, bias)
     assert float((x - expected).abs().max()) <= TOLERANCE
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    return float(a64 @ b64 / (a64.norm() * b64.norm() + 1e-30))
+
+
+@cuda_only
+def test_fast_path_on_cuda_in_bf16_follows_the_policy_through_the_hooks() -> None:
+    cfg = tiny()
+    reference = _policy(cfg).to("cuda", torch.bfloat16)
+    policy = copy.deepcopy(reference)
+    fast = FastPolicy(policy)
+    args = [t.cuda() for t in _args(cfg, _feeds(cfg))]
+    samples = 3
+    x = torch.randn((samples, cfg.action_horizon, cfg.action_dim), generator=torch.Generator().manual_seed(3)).cuda()
+    t = torch.full((1,), 0.6, device="cuda")
+    with torch.inference_mode():
+        ref_kv, ref_mask = reference.vision_engine(*args)
+        fast.install()
+        try:
+            kv, mask = policy.vision_engine(*args)
+        finally:
+            fast.uninstall()
+        own_kv, _ = policy.vision_engine(*args)
+        ref_v = reference.action_expert(x, t.expand(samples), ref_kv.expand(samples, *ref_kv.shape[1:]),
+                                        ref_mask.expand(samples, -1))
+        v = fast.velocity(x, t, fast.modulation_table(t)[0], *fast.pad_prefix(kv[0], mask[0]))
+    assert torch.equal(mask, ref_mask)
+    assert _cosine(kv, ref_kv) >= 0.999 and _cosine(v, ref_v) >= 0.999
+    assert _cosine(own_kv, ref_kv) >= 0.99999  # uninstalled: the policy's own modules again
+
+
+@cuda_only
+@pytest.mark.parametrize("options", [
+    {},
+    {"fast_path": False},
+    {"compile": False, "attention": "joint", "prefix_attention": "sdpa", "sync_prefix": False},
+], ids=["default", "policy-as-written", "eager-joint-sdpa-async"])
+def test_cuda_backend_serves_its_options_and_agrees_with_the_cpu(options: dict) -> None:
+    cfg = tiny()
+    policy = _policy(cfg)
+    observations = bench.bench_observations(cfg, 2, cfg.max_cameras, lidar=True, seed=5)
+    chunks, described = {}, {}
+    for device, device_options in (("cpu", {}), ("cuda", options)):
+        backend = TorchBackend.from_policy(copy.deepcopy(policy), cfg, device, **device_options)
+        with InferencePipeline(backend, num_samples=4, pipelining=True, owns_backend=True) as pipeline:
+            chunks[device] = [pipeline.infer(o, steps=5, seed=i).actions for i, o in enumerate(observations)]
+            described = backend.describe()
+    fast_path = options.get("fast_path", True)
+    assert described["fast_path"] is fast_path, described["fast_path_note"]
+    if fast_path:
+        assert described["compile"] is options.get("compile", True), described["fast_path_note"]
+        assert (described["attention"], described["prefix_attention"]) == (
+            options.get("attention", "split"), options.get("prefix_attention", "manual"))
+    assert described["sync_prefix"] is options.get("sync_prefix", True)
+    for gpu, cpu in zip(chunks["cuda"], chunks["cpu"]):
+        assert _cosine(torch.from_numpy(gpu), torch.from_numpy(cpu)) >= 0.999
+        assert np.isfinite(gpu).all()

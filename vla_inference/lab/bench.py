@@ -11,6 +11,8 @@ Examples::
     python -m vla_inference.lab.bench                       # ONNX Runtime, shipped tiny policy
     python -m vla_inference.lab.bench --backend torch --preset pi05 --random-weights \\
         --device cuda --precision bf16
+    python -m vla_inference.lab.bench --backend torch --preset pi05 --random-weights \\
+        --device cuda --torch-option fast_path=false                # A/B: the policy as written
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,6 +41,10 @@ STAGES = ("preprocess", "vision", "denoise", "postprocess", "total")
 PERCENTILES = (50, 95, 99)
 COMMANDS = ("pick up the red block", "push the green cube to the left", "stack the blue block on the red one",
             "move to the yellow marker", "open the gripper")
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+TORCH_OPTION_HELP = ("a TorchBackend constructor option, NAME=VALUE, repeatable: fast_path, compile, sync_prefix "
+                     "(true/false, default true), attention (split/joint, default split), prefix_attention "
+                     "(manual/sdpa, default manual); e.g. fast_path=false serves the policy as written, for A/B runs.")
 
 
 def bench_observations(cfg: VlaConfig, count: int, cameras: int, lidar: bool, seed: int = 0) -> List[Observation]:
@@ -141,6 +147,22 @@ def _reset_cuda_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def torch_option(text: str) -> Tuple[str, Any]:
+    """One ``--torch-option NAME=VALUE``: true/false (yes/no, on/off, 1/0) become booleans, other
+    values stay strings; the backend's constructor checks the names and values."""
+    name, separator, value = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, received {text!r}")
+    return name.strip(), BOOLEAN_WORDS.get(value.strip().lower(), value.strip())
+
+
+def add_torch_option_argument(parser: argparse.ArgumentParser, scope: str) -> None:
+    """``--torch-option``, collected into ``args.torch_options`` (a list of (name, value)); ``scope``
+    says which backends of the tool take the options."""
+    parser.add_argument("--torch-option", dest="torch_options", type=torch_option, action="append", default=[],
+                        metavar="NAME=VALUE", help=f"{TORCH_OPTION_HELP} {scope}")
+
+
 def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the command line asks for (random-weight torch policies need no model dir)."""
     options: Dict[str, Any] = {"device": args.device}
@@ -152,6 +174,10 @@ def make_backend(args: argparse.Namespace) -> Backend:
         if args.backend != "onnxruntime":
             raise SystemExit("--expert-workers is an onnxruntime option")
         options["expert_workers"] = args.expert_workers
+    if args.torch_options:
+        if args.backend != "torch":
+            raise SystemExit("--torch-option needs --backend torch")
+        options.update(args.torch_options)
     if args.random_weights:
         if args.backend != "torch":
             raise SystemExit("--random-weights needs --backend torch (ONNX/TensorRT serve exported files)")
@@ -209,7 +235,8 @@ def write_cdf_png(record: Dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for result in record["results"]:
         data = np.sort(np.asarray(result["total_ms_samples"]))
-        ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=f"{result['steps']} step{'' if result['steps'] == 1 else 's'}")
+        label = f"{result['steps']} step{'' if result['steps'] == 1 else 's'}"
+        ax.step(data, np.arange(1, data.size + 1) / data.size, where="post", label=label)
     info = record["config"]
     ax.set_title(f"{info['backend']} {info['preset']} {info['precision']} on {info['device']}: "
                  f"{info['cameras']} cameras{' + LiDAR' if info['lidar'] else ''}, K={info['num_samples']}")
@@ -232,6 +259,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--no-lidar", dest="lidar", action="store_false")
     parser.add_argument("--iterations", type=int, default=50, help="requests per steps value (each mode)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="requests per steps value served before the measured ones, not recorded (default 0)")
     parser.add_argument("--num-samples", type=int, default=4, help="K action chunks per request")
     parser.add_argument("--confidence-views", choices=CONFIDENCE_VIEWS, default="cameras",
                         help="what the K samples differ in besides noise (runtime.sample_views); "
@@ -243,6 +272,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--expert-workers", type=int, default=None,
                         help="onnxruntime: slices of the K samples denoised at once (default: the backend's, 2)")
     parser.add_argument("--engine-cache-dir", default=None, help="tensorrt: where .plan files live")
+    add_torch_option_argument(parser, "Needs --backend torch.")
     parser.add_argument("--no-pipelining", dest="pipelining", action="store_false",
                         help="serve with one thread (the pipelined column then measures back-to-back submits)")
     parser.add_argument("--seed", type=int, default=0)
@@ -274,8 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = []
         try:
             for steps in steps_list:
-                print(f"[vla-bench] steps={steps}: {args.iterations} sequential + {args.iterations} pipelined requests",
-                      flush=True)
+                print(f"[vla-bench] steps={steps}: {args.warmup} warm-up, {args.iterations} sequential + "
+                      f"{args.iterations} pipelined requests", flush=True)
+                for i in range(args.warmup):
+                    pipeline.infer(observations[i % len(observations)], steps, args.seed + i)
                 results.append(run_steps(pipeline, observations, steps, args.iterations, args.seed))
                 result = results[-1]
                 print(f"[vla-bench]   e2e p50 {result['latency_ms']['total']['p50']:.2f} ms, "
@@ -297,7 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "confidence_views": args.confidence_views,
             "pipelining": args.pipelining,
             "iterations": args.iterations,
+            "warmup": args.warmup,
             "steps": steps_list,
+            "torch_options": dict(args.torch_options),
         },
         "backend": description,
         "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),

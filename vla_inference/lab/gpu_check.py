@@ -12,6 +12,7 @@ pipelined results equal sequential ones and that graph replay equals eager execu
 for bit. Prints a table, writes JSON, exits 1 on failure::
 
     python -m vla_inference.lab.gpu_check --out gpu_check.json
+    python -m vla_inference.lab.gpu_check --torch-option fast_path=false   # the policy as written on the GPU
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.lab.bench import bench_observations
+from vla_inference.lab.bench import add_torch_option_argument, bench_observations
 from vla_inference.runtime.backends.torch_backend import TorchBackend
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.spec.config import tiny
@@ -46,7 +47,9 @@ def check_observations(count: int) -> List[Observation]:
 
 
 def make_backends(args: argparse.Namespace) -> Dict[str, TorchBackend]:
-    """fp32 CPU reference, CUDA with graphs, CUDA eager: the same weights in all three."""
+    """fp32 CPU reference, CUDA with graphs, CUDA eager: the same weights in all three; the CUDA
+    ones with the ``--torch-option`` constructor options."""
+    options = dict(args.torch_options)
     if args.random_weights:
         import copy
 
@@ -62,15 +65,15 @@ def make_backends(args: argparse.Namespace) -> Dict[str, TorchBackend]:
                     parameter.normal_(0.0, 0.02)
         return {
             "cpu": TorchBackend.from_policy(copy.deepcopy(policy), tiny(), "cpu", "fp32"),
-            "gpu": TorchBackend.from_policy(copy.deepcopy(policy), tiny(), "cuda", args.precision),
+            "gpu": TorchBackend.from_policy(copy.deepcopy(policy), tiny(), "cuda", args.precision, **options),
             "gpu_eager": TorchBackend.from_policy(copy.deepcopy(policy), tiny(), "cuda", args.precision,
-                                                  cuda_graphs=False),
+                                                  cuda_graphs=False, **options),
         }
     manifest = load_manifest(Path(args.model_dir) if args.model_dir else shipped_model_dir())
     return {
         "cpu": TorchBackend(manifest, device="cpu"),
-        "gpu": TorchBackend(manifest, device="cuda", precision=args.precision),
-        "gpu_eager": TorchBackend(manifest, device="cuda", precision=args.precision, cuda_graphs=False),
+        "gpu": TorchBackend(manifest, device="cuda", precision=args.precision, **options),
+        "gpu_eager": TorchBackend(manifest, device="cuda", precision=args.precision, cuda_graphs=False, **options),
     }
 
 
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     passed = all(r["min_cosine"] >= args.min_cosine for r in rows) and pipelined_equal
     return {"precision": args.precision, "scenes": args.scenes, "num_samples": args.num_samples,
             "random_weights": args.random_weights, "rows": rows, "gpu_pipelined_equals_sequential": pipelined_equal,
-            "min_cosine_required": args.min_cosine, "passed": passed, "gpu_backend": description}
+            "min_cosine_required": args.min_cosine, "passed": passed, "gpu_backend": description,
+            "torch_options": dict(args.torch_options)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -117,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--min-cosine", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the result as JSON here")
+    add_torch_option_argument(parser, "Applies to the CUDA backends; the CPU reference runs the policy as written.")
     args = parser.parse_args(argv)
     result = run(args)
     print(f"torch {args.precision} CUDA (graphs, pipelined) vs fp32 CPU, {args.scenes} scenes, K={args.num_samples}")

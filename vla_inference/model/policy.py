@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -251,12 +251,22 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(width, num_heads, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> tokens [N, T, width]."""
-        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position
+    def forward(self, images: torch.Tensor, vit_block: Optional["VitBlockFn"] = None,
+                patch_conv: Optional["PatchConvFn"] = None) -> torch.Tensor:
+        """[N, 3, S, S] -> tokens [N, T, width]; ``vit_block`` / ``patch_conv``: the kernels
+        ``VisionEngine.use_patch_kernels`` installed (None: the modules' own forward)."""
+        patches = self.patch_embed(images) if patch_conv is None else patch_conv(self.patch_embed, images)
+        x = patches.flatten(2).transpose(1, 2) + self.position
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if vit_block is None else vit_block(block, x)
         return self.norm(x)
+
+
+# Kernel hooks of ``VisionEngine`` (``use_backbone``, ``use_patch_kernels``): a serving backend runs
+# parts of stage 1 through its own implementation of the same math on the same parameters.
+BackboneFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+VitBlockFn = Callable[[ViTBlock, torch.Tensor], torch.Tensor]
+PatchConvFn = Callable[[nn.Conv2d, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -341,6 +351,39 @@ class VisionEngine(nn.Module):
         self.layers = nn.ModuleList(
             GemmaBlock(b.width, b.mlp_dim, b.num_heads, b.num_kv_heads, b.head_dim) for _ in range(b.depth)
         )
+        self._backbone_fn: Optional[BackboneFn] = None
+        self._vit_block_fn: Optional[VitBlockFn] = None
+        self._patch_conv_fn: Optional[PatchConvFn] = None
+
+    def use_backbone(self, fn: Optional[BackboneFn]) -> None:
+        """Run the prefix backbone of this instance through ``fn`` (None restores its own layers), so a
+        serving backend can substitute fused kernels without patching the module.
+
+        ``fn(x, prefix_mask) -> prefix_kv``: ``x`` [B, prefix_len, width] the embedded prefix tokens in
+        the module's dtype, ``prefix_mask`` bool [B, prefix_len] (True = attend); it returns every
+        layer's rotated keys and values [B, layers, 2, kv_heads, prefix_len, head_dim] in ``x``'s dtype,
+        the same quantity as this module's own layers compute from its parameters (the shape is
+        checked). It serves the full prefix (``forward``, ``encode`` without ``trim``), whose
+        ``layer_inputs`` is then empty; a trimmed training prefix always runs the module's layers.
+        The hook is per instance and is neither saved in the state dict nor exported unless it is
+        installed while exporting."""
+        self._backbone_fn = fn
+
+    def use_patch_kernels(self, vit_block: Optional[VitBlockFn], patch_conv: Optional[PatchConvFn]) -> None:
+        """Run the ViT blocks as ``vit_block(block, x) -> x`` ([N, T, vision width] in and out, what
+        ``block(x)`` returns) and the convolutions of ``patch_convolutions()`` as
+        ``patch_conv(conv, x) -> conv(x)``'s value; None restores the modules' own forward. They apply
+        to every pass, trimmed or not; like ``use_backbone``, per instance, not saved, not exported."""
+        self._vit_block_fn = vit_block
+        self._patch_conv_fn = patch_conv
+
+    def patch_convolutions(self) -> Tuple[nn.Conv2d, ...]:
+        """The convolutions ``use_patch_kernels``' ``patch_conv`` runs: the ViT patch embedding, the
+        LiDAR column features and the LiDAR patch embedding (each with stride == kernel)."""
+        return self.vit.patch_embed, self.lidar_column, self.lidar_embed
+
+    def _patch(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return conv(x) if self._patch_conv_fn is None else self._patch_conv_fn(conv, x)
 
     def _lidar_features(self, lidar_range: torch.Tensor) -> torch.Tensor:
         valid = (lidar_range > 0).to(lidar_range.dtype)
@@ -383,7 +426,8 @@ class VisionEngine(nn.Module):
         batch = images.shape[0]
         dtype = self.image_projection.weight.dtype
 
-        vit_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype))
+        vit_tokens = self.vit(images.reshape(batch * cameras, 3, size, size).to(dtype), self._vit_block_fn,
+                              self._patch_conv_fn)
         image_tokens = self.image_projection(vit_tokens).reshape(batch, cameras, -1, cfg.backbone.width)
         per_camera = image_tokens.shape[2]
         image_tokens = (image_tokens + self.camera_embedding[None, :cameras, None, :]).reshape(
@@ -394,16 +438,21 @@ class VisionEngine(nn.Module):
         tokens = [image_tokens]
         masks = [camera_mask[:, :, None].expand(batch, cameras, per_camera).reshape(batch, cameras * per_camera)]
         if with_lidar:
-            columns = F.gelu(self.lidar_column(self._lidar_features(lidar_range.to(dtype))), approximate="tanh")
-            lidar_tokens = self.lidar_embed(columns).flatten(2).transpose(1, 2)
+            columns = F.gelu(self._patch(self.lidar_column, self._lidar_features(lidar_range.to(dtype))),
+                             approximate="tanh")
+            lidar_tokens = self._patch(self.lidar_embed, columns).flatten(2).transpose(1, 2)
             tokens.append(lidar_tokens + self.lidar_position)
             masks.append(lidar_mask[:, None].expand(batch, cfg.lidar_tokens))
         x = torch.cat(tokens + [text, state_token], dim=1)
         prefix_mask = torch.cat(masks + [text_mask, torch.ones_like(camera_mask[:, :1])], dim=1)
-        if trim is None:  # the serving path: the torch backend's fast path replaces ``_backbone`` (x, mask)
-            prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
-        else:
+        if trim is not None:
             prefix_kv, layer_inputs = self._backbone(x, prefix_mask, trim.positions(cfg).to(x.device))
+        elif self._backbone_fn is not None:  # ``use_backbone``: e.g. the torch backend's fast path
+            b = cfg.backbone
+            prefix_kv, layer_inputs = self._backbone_fn(x, prefix_mask), []
+            _check_shape("prefix_kv (use_backbone)", prefix_kv, (batch, b.depth, 2, b.num_kv_heads, x.shape[1], b.head_dim))
+        else:
+            prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
         return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
                                         "layer_inputs": layer_inputs}
 
