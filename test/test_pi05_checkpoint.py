@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from safetensors.torch import load_file as load_torch, save_file
+from safetensors.torch import load_file as load_torch
+from safetensors.torch import save_file
 
 from vla_inference.model.pi05 import load_pi05_policy
 from vla_inference.spec.lerobot_checkpoint import CheckpointError, read_checkpoint, safetensors_shapes
@@ -162,3 +163,45 @@ def test_the_expert_must_share_the_prefix_models_attention(tmp_path):
         "model.paligemma_with_expert.gemma_expert.model.layers.0.self_attn.k_proj.weight"] == (8, 32)
     with pytest.raises(CheckpointError, match="must match the prefix model"):
         read_checkpoint(broken, vision_num_heads=SIGLIP_HEADS)
+
+
+def _as_lerobot_05(tmp_path: Path) -> Path:
+    """The tiny checkpoint as LeRobot 0.5 saves it: the vocabulary table under its own name, and a
+    ``lm_head`` that fine-tuning left stale (here: scrambled)."""
+    def untie(tensors):
+        head = "model.paligemma_with_expert.paligemma.lm_head.weight"
+        tensors["model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"] = tensors[head].clone()
+        tensors[head] = torch.randn_like(tensors[head])
+
+    return _rewrite_weights(tmp_path, untie)
+
+
+def test_a_lerobot_05_checkpoint_reads_its_own_embedding_and_an_unpadded_state(tmp_path, reference):
+    converted = _as_lerobot_05(tmp_path)
+    checkpoint = read_checkpoint(converted, vision_num_heads=SIGLIP_HEADS)
+    assert checkpoint.layout == "lerobot-0.5" and checkpoint.io.prompt_state_width is None
+    policy = load_pi05_policy(checkpoint)
+    images = np.stack([reference[f"batch.{key}"] for key in checkpoint.io.camera_keys], axis=1)
+    feeds = engine_feeds(images, reference["batch.observation.language.tokens"],
+                         reference["batch.observation.language.attention_mask"])
+    chunk = policy.sample(feeds, 10, torch.from_numpy(reference["noise"])).numpy()
+    assert np.abs(chunk[..., :7] - reference["actions"]).max() <= PARITY_ATOL  # the stale lm_head is not read
+    encoder = FeedEncoder(checkpoint.config, checkpoint.io, converted)
+    tokens, mask = encoder.prompt_tokens("pick up the red block", reference["raw.observation.state"])
+    padded, padded_mask = FeedEncoder(*_tiny_io(), CHECKPOINT).prompt_tokens("pick up the red block",
+                                                                             reference["raw.observation.state"])
+    assert mask.sum() == padded_mask.sum() - 24  # 8 state values in the prompt instead of 32
+
+
+def _tiny_io():
+    checkpoint = read_checkpoint(CHECKPOINT, vision_num_heads=SIGLIP_HEADS)
+    return checkpoint.config, checkpoint.io
+
+
+def test_relative_actions_are_refused_by_name(tmp_path):
+    target = _copy_without(tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config["use_relative_actions"] = True
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="use_relative_actions"):
+        read_checkpoint(target, vision_num_heads=SIGLIP_HEADS)

@@ -2,8 +2,8 @@
 
 Requests and responses are Reliable + KeepLast(1) + Volatile: a client that publishes faster than
 the server reads loses the older request inside DDS (documented in the README), and a late-joining
-subscriber never receives a stale response. The text command is latched, so a client that starts
-(or restarts) after the command was given still receives it.
+subscriber never receives a stale response. The text command and the model metadata are latched, so
+a client that starts (or restarts) after they were published still receives them.
 """
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -20,3 +20,5 @@ TEXT_CMD_QOS = QoSProfile(
     depth=1,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+
+METADATA_QOS = TEXT_CMD_QOS

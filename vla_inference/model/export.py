@@ -6,11 +6,18 @@ weights work as well as trained ones, so tests can make a small model directory 
 
     python -m vla_inference.model.export --preset tiny --out /tmp/tiny-random            # random
     python -m vla_inference.model.export --weights models/tiny/policy.safetensors --out DIR
+    python -m vla_inference.model.export --lerobot CHECKPOINT_DIR --out DIR              # a pi0.5
+
+A LeRobot pi0.5 checkpoint exports to engines plus a manifest that carries its robot interface
+(camera order, state and action sizes, normalisation) and a copy of its tokenizer; its weights stay
+in the checkpoint, which the torch backend serves directly.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -20,9 +27,11 @@ import numpy as np
 import onnx
 import torch
 
+from vla_inference.model.pi05 import load_pi05_policy
 from vla_inference.model.policy import VlaPolicy, build_policy, load_policy, save_policy
 from vla_inference.spec.config import VlaConfig, get_preset
 from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
+from vla_inference.spec.lerobot_checkpoint import read_checkpoint
 from vla_inference.spec.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -168,6 +177,31 @@ def quantize_int8(out_dir: Path, files: Mapping[str, str]) -> Dict[str, str]:
     return quantized
 
 
+def export_lerobot_checkpoint(checkpoint_dir: Path, out_dir: Path, vision_num_heads: Optional[int] = None,
+                              tokenizer_path: Optional[Path] = None, int8: bool = False) -> Path:
+    """Export a LeRobot pi0.5 checkpoint's engines; the manifest records its ``policy_io`` and the
+    tokenizer is copied beside the engines (with the JSON files that name its special tokens)."""
+    checkpoint = read_checkpoint(checkpoint_dir, vision_num_heads, tokenizer_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy = load_pi05_policy(checkpoint)
+    files = export_engines(policy, out_dir)
+    engines: Dict[str, Mapping[str, str]] = {"fp32": files}
+    if int8:
+        engines["int8"] = quantize_int8(out_dir, files)
+    assert checkpoint.io.tokenizer_file is not None
+    source = Path(checkpoint.io.tokenizer_file)
+    source = source if source.is_absolute() else checkpoint.model_dir / source
+    tokenizer_dir = out_dir / "tokenizer"
+    tokenizer_dir.mkdir(exist_ok=True)
+    for sidecar in [source, *source.parent.glob("*.json")]:
+        shutil.copy2(sidecar, tokenizer_dir / sidecar.name)
+    io = dataclasses.replace(checkpoint.io, tokenizer_file=f"tokenizer/{source.name}")
+    extra = {"policy_io": io.to_dict(), "source": {"lerobot_checkpoint": str(checkpoint.model_dir),
+                                                    "layout": checkpoint.layout}}
+    return write_manifest(out_dir, checkpoint.config, engines, extra=extra)
+
+
 def random_feeds(cfg: VlaConfig, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
     """Valid numpy feeds for the vision engine (for smoke tests of an exported directory)."""
     spec = engine_specs(cfg)[VISION]
@@ -180,9 +214,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--weights", type=Path, help="policy.safetensors to export (default: random weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--int8", action="store_true", help="also write ONNX Runtime dynamic-INT8 engines")
+    parser.add_argument("--lerobot", type=Path, help="a LeRobot pi0.5 checkpoint directory to export")
+    parser.add_argument("--vision-num-heads", type=int, help="--lerobot: SigLIP heads, when not So400m's 72-wide ones")
+    parser.add_argument("--tokenizer", type=Path, help="--lerobot: tokenizer file when the checkpoint has none")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.lerobot is not None:
+        manifest = export_lerobot_checkpoint(args.lerobot, args.out, args.vision_num_heads, args.tokenizer, args.int8)
+        print(f"wrote {manifest}")
+        return 0
     cfg = get_preset(args.preset)
     if args.weights is not None:
         policy = load_policy(args.weights, cfg)

@@ -23,6 +23,7 @@ so the LeRobot key tables (``spec.lerobot_checkpoint.KEY_LAYOUTS``) map prefixes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -333,28 +334,33 @@ class Pi05Policy(nn.Module):
 
 
 def load_pi05_policy(checkpoint: LeRobotCheckpoint) -> Pi05Policy:
-    """Build the checkpoint's pi0.5 and load its weights. Every module tensor must come from the
-    checkpoint with its exact shape, and every checkpoint tensor must be used or known unused."""
-    policy = Pi05Policy(checkpoint.config)
+    """Build the checkpoint's pi0.5 and load its weights (``load_pi05_weights``)."""
+    return load_pi05_weights(checkpoint.weights_path, checkpoint.config, checkpoint.layout)
+
+
+def load_pi05_weights(path: Path, cfg: VlaConfig, layout: str) -> Pi05Policy:
+    """Build ``cfg``'s pi0.5 and load a LeRobot ``model.safetensors`` of ``layout``. Every module tensor
+    must come from the file with its exact shape, and every file tensor must be used or known unused."""
+    policy = Pi05Policy(cfg)
     expected = policy.state_dict()
     loaded: Dict[str, torch.Tensor] = {}
     unknown = []
-    with safe_open(str(checkpoint.weights_path), framework="pt") as f:
-        for name in f.keys():
-            matched, target = map_key(name, checkpoint.layout)
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):
+            matched, target = map_key(name, layout)
             if not matched:
                 unknown.append(name)
             elif target is not None and target in expected:
                 tensor = f.get_tensor(name)
                 if tuple(tensor.shape) != tuple(expected[target].shape):
-                    raise ValueError(f"{checkpoint.weights_path}: {name} has shape {tuple(tensor.shape)}, "
+                    raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
                                      f"the model expects {tuple(expected[target].shape)}")
                 loaded[target] = tensor.float()
             elif target is not None:
                 unknown.append(name)
     missing = sorted(set(expected) - set(loaded))
     if unknown or missing:
-        raise ValueError(f"{checkpoint.weights_path}: unmapped tensors {sorted(unknown)[:5]} ({len(unknown)}), "
+        raise ValueError(f"{path}: unmapped tensors {sorted(unknown)[:5]} ({len(unknown)}), "
                          f"missing tensors {missing[:5]} ({len(missing)})")
     policy.load_state_dict(loaded, strict=True)
     return policy.eval()

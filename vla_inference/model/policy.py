@@ -583,8 +583,13 @@ class VlaPolicy(nn.Module):
         return euler_integrate(velocity, noise, steps)
 
 
-def build_policy(cfg: VlaConfig) -> VlaPolicy:
-    """A freshly initialised policy (build under ``torch.device('meta')`` to count parameters only)."""
+def build_policy(cfg: VlaConfig) -> nn.Module:
+    """A freshly initialised policy of ``cfg.architecture`` (``VlaPolicy``, or ``Pi05Policy`` for pi05);
+    build under ``torch.device('meta')`` to count parameters only."""
+    if cfg.architecture == "pi05":
+        from vla_inference.model.pi05 import Pi05Policy
+
+        return Pi05Policy(cfg)
     return VlaPolicy(cfg)
 
 

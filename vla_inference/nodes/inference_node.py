@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -34,16 +34,16 @@ from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 from vla_inference.serving.inference_server import InferenceServer, Reply, ReplyFn, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 from vla_inference.spec import interface
-from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.interface import BACKENDS, RESIZE_MODES
 from vla_inference.spec.manifest import shipped_model_dir
-from vla_msgs.msg import InferenceRequest, InferenceResponse
+from vla_inference.spec.model_dir import open_model_dir
+from vla_msgs.msg import InferenceRequest, InferenceResponse, ModelMetadata
 from vla_msgs.srv import Infer
 
 LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
 AT_CONFIGURE = (
     "backend", "model_dir", "precision", "device", "engine_cache_dir", "intra_op_threads", "camera_names",
-    "image_resize_mode", "num_samples", "confidence_views", "pipelining",
+    "image_resize_mode", "num_samples", "confidence_views", "pipelining", "tokenizer_path", "vision_num_heads",
 )
 CHOICES = {"backend": BACKENDS, "image_resize_mode": RESIZE_MODES, "confidence_views": CONFIDENCE_VIEWS}
 SERVICE_TIMEOUT_S = 60.0
@@ -65,6 +65,7 @@ class InferenceNode(LifecycleNode):
         self._received_lock = threading.Lock()
         self._received = 0
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._metadata_pub = self.create_publisher(ModelMetadata, interface.METADATA_TOPIC, qos.METADATA_QOS)
         self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._timer_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -74,8 +75,13 @@ class InferenceNode(LifecycleNode):
         live = " Live: applies from the next request."
         declare(self, "backend", "onnxruntime", "Runtime: onnxruntime (CPU default), tensorrt or torch." + unconfigured,
                 choices=BACKENDS)
-        declare(self, "model_dir", "", "Model directory with manifest.json; empty = the shipped tiny policy."
-                + unconfigured)
+        declare(self, "model_dir", "", "Model directory with manifest.json, or a LeRobot pi0.5 checkpoint "
+                "(config.json + model.safetensors + processor files); empty = the shipped tiny policy." + unconfigured)
+        declare(self, "tokenizer_path", "", "pi0.5 checkpoints without a tokenizer file of their own: PaliGemma's "
+                "tokenizer.model or tokenizer.json (never downloaded)." + unconfigured)
+        declare(self, "vision_num_heads", 0, "pi0.5 checkpoints: SigLIP attention heads; 0 = width / 72 "
+                "(So400m), which the tensor shapes cannot tell apart from other head counts." + unconfigured,
+                int_range=(0, 64))
         declare(self, "precision", "fp32", "Engine precision listed in the manifest (fp32, int8, ...)." + unconfigured)
         declare(self, "device", "cpu", "cpu or cuda (torch backend; ONNX Runtime CUDA provider)." + unconfigured)
         declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache." + unconfigured)
@@ -132,14 +138,15 @@ class InferenceNode(LifecycleNode):
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self._pipeline, config = self._load_pipeline()
+            self._pipeline = self._load_pipeline()
         except Exception as exc:  # noqa: BLE001 - one clear line, back to unconfigured
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             self._pipeline = None
             return TransitionCallbackReturn.FAILURE
+        config, io = self._pipeline.cfg, self._pipeline.encoder.io
         limits = ValidationLimits(
             num_cameras=len(self._param("camera_names")),
-            state_dim=config.state_dim,
+            state_dim=io.state_dim,
             lidar_rows=config.lidar.rows,
             lidar_cols=config.lidar.cols,
             image_size=config.vision.image_size,
@@ -152,17 +159,35 @@ class InferenceNode(LifecycleNode):
             callback_group=self._request_group)
         self._service = self.create_service(Infer, interface.INFER_SERVICE, self._on_infer,
                                             callback_group=self._service_group)
+        self._metadata_pub.publish(self._metadata())
+        if not io.uses_lidar:
+            self.get_logger().info(f"the {config.architecture} model has no LiDAR input: requests' "
+                                   "sensor_data.lidar_range is ignored")
+        cameras = list(self._param("camera_names"))
+        mapping = "" if not io.camera_keys else f" -> {list(io.camera_keys[:len(cameras)])}"
         self.get_logger().info(
-            f"configured: backend={self._param('backend')} model={config.preset} "
-            f"cameras={list(self._param('camera_names'))} steps={self._param('denoising_steps')}")
+            f"configured: backend={self._param('backend')} model={config.preset} ({config.architecture}) "
+            f"cameras={cameras}{mapping} state={io.state_dim} actions={config.action_horizon}x{io.action_dim} "
+            f"steps={self._param('denoising_steps')}")
         return TransitionCallbackReturn.SUCCESS
 
-    def _load_pipeline(self) -> Tuple[InferencePipeline, VlaConfig]:
+    def _metadata(self) -> ModelMetadata:
+        pipeline = self._pipeline
+        assert pipeline is not None
+        config, io = pipeline.cfg, pipeline.encoder.io
+        return ModelMetadata(
+            model_dir=str(pipeline.backend.manifest.model_dir), architecture=config.architecture,
+            backend=self._param("backend"), precision=self._param("precision"),
+            camera_names=list(self._param("camera_names")), camera_keys=list(io.camera_keys),
+            state_dim=io.state_dim, action_dim=io.action_dim, action_horizon=config.action_horizon,
+            uses_lidar=io.uses_lidar, max_denoising_steps=interface.MAX_DENOISING_STEPS)
+
+    def _load_pipeline(self) -> InferencePipeline:
         from vla_inference.runtime.backends import create_backend
-        from vla_inference.spec.manifest import load_manifest
 
         model_dir = Path(self._param("model_dir") or shipped_model_dir())
-        manifest = load_manifest(model_dir)
+        manifest = open_model_dir(model_dir, vision_num_heads=int(self._param("vision_num_heads")) or None,
+                                  tokenizer_path=self._param("tokenizer_path") or None)
         cameras = len(self._param("camera_names"))
         if not 1 <= cameras <= manifest.config.max_cameras:
             raise ValueError(f"camera_names: {cameras} cameras, the model takes 1..{manifest.config.max_cameras}")
@@ -174,7 +199,7 @@ class InferenceNode(LifecycleNode):
             intra_op_threads=int(self._param("intra_op_threads")),
             engine_cache_dir=self._param("engine_cache_dir") or None,
         )
-        pipeline = InferencePipeline(
+        return InferencePipeline(
             backend,
             manifest.config,
             num_samples=int(self._param("num_samples")),
@@ -182,7 +207,6 @@ class InferenceNode(LifecycleNode):
             pipelining=bool(self._param("pipelining")),
             owns_backend=True,
         )
-        return pipeline, manifest.config
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._server.start()

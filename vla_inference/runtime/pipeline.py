@@ -173,12 +173,16 @@ class InferencePipeline:
     ) -> "InferencePipeline":
         """Load ``model_dir`` (checksums verified) into ``backend``; the pipeline owns and releases it.
 
-        Keyword arguments go to the pipeline when they name one of its parameters, else to the backend.
+        Keyword arguments go to the pipeline when they name one of its parameters, to ``open_model_dir``
+        for ``vision_num_heads`` and ``tokenizer_path`` (LeRobot checkpoints), else to the backend.
         """
         pipeline_keys = {"cfg", "num_samples", "pipelining", "warmup_runs", "confidence_scale", "confidence_views"}
+        dir_keys = {"vision_num_heads", "tokenizer_path"}
         pipeline_kwargs = {k: v for k, v in kwargs.items() if k in pipeline_keys}
-        backend_kwargs = {k: v for k, v in kwargs.items() if k not in pipeline_keys}
-        runner = create_backend(backend, open_model_dir(Path(model_dir)), precision=precision, **backend_kwargs)
+        dir_kwargs = {k: v for k, v in kwargs.items() if k in dir_keys}
+        backend_kwargs = {k: v for k, v in kwargs.items() if k not in pipeline_keys | dir_keys}
+        manifest = open_model_dir(Path(model_dir), **dir_kwargs)
+        runner = create_backend(backend, manifest, precision=precision, **backend_kwargs)
         return cls(runner, owns_backend=True, **pipeline_kwargs)
 
     # -- public API -----------------------------------------------------------------------------

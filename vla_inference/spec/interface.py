@@ -9,6 +9,7 @@ from __future__ import annotations
 REQUEST_TOPIC = "/vla/inference/request"
 RESPONSE_TOPIC = "/vla/inference/response"
 INFER_SERVICE = "/vla/inference/infer"
+METADATA_TOPIC = "/vla/inference/metadata"
 TEXT_CMD_TOPIC = "/vla/text_cmd"
 COMMAND_TOPIC = "/vla/command"
 STATE_TOPIC = "/joint_states"

@@ -15,9 +15,10 @@ width divides by 72; otherwise ``vision_num_heads`` must be given. The Gemma hea
 LeRobot's pi0.5 fixes it.
 
 ``KEY_LAYOUTS`` maps the checkpoint's tensor names onto this project's pi0.5 modules
-(``vla_inference.model.pi05``) by prefix, one table per LeRobot format; tensors a table marks
-unused (the language-model head, the expert's vocabulary head, the final norm of the prefix model)
-are left out, and anything neither mapped nor marked unused is an error when the weights load.
+(``vla_inference.model.pi05``) by prefix, one table per LeRobot format (0.4.x, verified numerically
+against LeRobot 0.4.4; 0.5.x, by mapping only: same names, see the table's comment); tensors a table
+marks unused (the language-model head, the expert's vocabulary head, the final norm of the prefix
+model) are left out, and anything neither mapped nor marked unused is an error when the weights load.
 """
 from __future__ import annotations
 
@@ -46,13 +47,18 @@ SUPPORTED_PERIODS = (0.004, 4.0)  # the flow-time embedding this implementation 
 
 _PALIGEMMA = "model.paligemma_with_expert.paligemma."
 _EXPERT = "model.paligemma_with_expert.gemma_expert."
-# (checkpoint prefix, module prefix or None for an unused tensor), first match wins.
-KEY_LAYOUTS: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
-    "lerobot-0.4": (
+_EMBED = _PALIGEMMA + "model.language_model.embed_tokens."
+
+
+def _layout(tied_head: bool) -> Tuple[Tuple[str, Optional[str]], ...]:
+    """(checkpoint prefix, module prefix or None for an unused tensor), first match wins. LeRobot 0.4
+    saves the tied vocabulary table once, as ``lm_head``; 0.5 saves both, and only ``embed_tokens``
+    is trained (``lm_head`` is read by nothing, so fine-tuning leaves it stale)."""
+    return (
         (_PALIGEMMA + "model.vision_tower.vision_model.", "vision_engine.siglip."),
         (_PALIGEMMA + "model.multi_modal_projector.linear.", "vision_engine.projector."),
-        (_PALIGEMMA + "model.language_model.embed_tokens.", "vision_engine.embed_tokens."),
-        (_PALIGEMMA + "lm_head.", "vision_engine.embed_tokens."),  # tied: save_pretrained keeps only this one
+        (_EMBED, "vision_engine.embed_tokens."),
+        (_PALIGEMMA + "lm_head.", "vision_engine.embed_tokens." if tied_head else None),
         (_PALIGEMMA + "model.language_model.norm.", None),
         (_PALIGEMMA + "model.language_model.", "vision_engine.language_model."),
         (_EXPERT + "lm_head.", None),
@@ -61,7 +67,15 @@ KEY_LAYOUTS: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
         ("model.action_out_proj.", "action_expert.action_out_proj."),
         ("model.time_mlp_in.", "action_expert.time_mlp_in."),
         ("model.time_mlp_out.", "action_expert.time_mlp_out."),
-    ),
+    )
+
+
+# Key names are the same in both formats (LeRobot 0.5 with stock transformers 5 renamed none); what
+# differs is the tied table above and the prompt: 0.4 pads the normalised state to max_state_dim
+# before writing its bins, 0.5 (like openpi) writes only the robot's own state values.
+KEY_LAYOUTS: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
+    "lerobot-0.4": _layout(tied_head=True),
+    "lerobot-0.5": _layout(tied_head=False),
 }
 
 
@@ -97,11 +111,11 @@ def map_key(name: str, layout: str) -> Tuple[bool, Optional[str]]:
 
 
 def detect_layout(names: Sequence[str]) -> str:
-    for layout, table in KEY_LAYOUTS.items():
-        if any(name.startswith(table[0][0]) for name in names):
-            return layout
-    raise CheckpointError(f"tensor names match no known LeRobot pi0.5 layout ({sorted(KEY_LAYOUTS)}); "
-                          f"first names: {sorted(names)[:3]}")
+    """``lerobot-0.5`` when the vocabulary table is saved under its own name, else ``lerobot-0.4``."""
+    if not any(name.startswith(_PALIGEMMA) for name in names):
+        raise CheckpointError(f"tensor names match no known LeRobot pi0.5 layout ({sorted(KEY_LAYOUTS)}); "
+                              f"first names: {sorted(names)[:3]}")
+    return "lerobot-0.5" if any(name.startswith(_EMBED) for name in names) else "lerobot-0.4"
 
 
 def _count(shapes: Mapping[str, Tuple[int, ...]], pattern: str) -> int:
@@ -271,6 +285,10 @@ def read_checkpoint(model_dir: Path, vision_num_heads: Optional[int] = None,
         raise CheckpointError(f"{config_path}: expected one STATE input and one ACTION output, "
                               f"found {len(states)} and {len(actions)}")
     state_dim, action_dim = int(states[0]), int(actions[0])
+    if raw.get("use_relative_actions"):
+        raise CheckpointError(f"{config_path}: use_relative_actions is true; this server un-normalises absolute "
+                              "actions only (LeRobot 0.5.1's relative-action processors are not implemented)")
+    layout = detect_layout(list(shapes))
     if state_dim > cfg.state_dim or action_dim > cfg.action_dim:
         raise CheckpointError(f"{config_path}: state {state_dim} / action {action_dim} exceed max_state_dim "
                               f"{cfg.state_dim} / max_action_dim {cfg.action_dim}")
@@ -296,5 +314,6 @@ def read_checkpoint(model_dir: Path, vision_num_heads: Optional[int] = None,
         action_norm=_normalization(action_key, "ACTION", post_map, post_eps, post_stats, action_dim,
                                    model_dir / POSTPROCESSOR_FILE),
         tokenizer_file=str(tokenizer.relative_to(model_dir)) if tokenizer.is_relative_to(model_dir) else str(tokenizer),
+        prompt_state_width=cfg.state_dim if layout == "lerobot-0.4" else None,
     )
-    return LeRobotCheckpoint(model_dir, cfg, io, detect_layout(list(shapes)), raw)
+    return LeRobotCheckpoint(model_dir, cfg, io, layout, raw)

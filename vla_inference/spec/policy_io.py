@@ -99,6 +99,9 @@ class PolicyIO:
     state_norm: Optional[Normalization] = None
     action_norm: Optional[Normalization] = None
     tokenizer_file: Optional[str] = None  # relative to the model directory, or absolute
+    # pi05: state values written into the prompt; the normalised state is zero-padded to this width
+    # first (LeRobot 0.4), or written as is when None (LeRobot 0.5, openpi).
+    prompt_state_width: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -119,6 +122,8 @@ class PolicyIO:
             data["action_norm"] = self.action_norm.to_dict()
         if self.tokenizer_file is not None:
             data["tokenizer_file"] = self.tokenizer_file
+        if self.prompt_state_width is not None:
+            data["prompt_state_width"] = self.prompt_state_width
         return data
 
     @classmethod
@@ -129,7 +134,7 @@ class PolicyIO:
 
         return cls(str(data["kind"]), tuple(data.get("camera_keys", ())), int(data["state_dim"]),  # type: ignore[arg-type]
                    int(data["action_dim"]), norm("state_norm"), norm("action_norm"),  # type: ignore[arg-type]
-                   data.get("tokenizer_file"))  # type: ignore[arg-type]
+                   data.get("tokenizer_file"), data.get("prompt_state_width"))  # type: ignore[arg-type]
 
 
 def default_policy_io(cfg: VlaConfig) -> PolicyIO:
@@ -144,10 +149,11 @@ def discretize_state(normalized: np.ndarray, bins: int = STATE_BINS) -> np.ndarr
     return np.digitize(np.asarray(normalized, np.float32), bins=edges) - 1
 
 
-def pi05_prompt(task: str, normalized_state: np.ndarray, state_width: int) -> str:
+def pi05_prompt(task: str, normalized_state: np.ndarray, state_width: Optional[int] = None) -> str:
     """The pi0.5 prompt: the task cleaned as LeRobot does (strip, ``_`` and newlines to spaces) and the
-    state, zero-padded to ``state_width`` after normalisation, as bin indices."""
-    state = np.zeros(state_width, np.float32)
+    normalised state as bin indices, zero-padded to ``state_width`` first when given."""
+    width = len(normalized_state) if state_width is None else state_width
+    state = np.zeros(width, np.float32)
     state[: len(normalized_state)] = normalized_state
     cleaned = task.strip().replace("_", " ").replace("\n", " ")
     bins = " ".join(str(int(b)) for b in discretize_state(state))
@@ -183,7 +189,7 @@ class FeedEncoder:
         """pi0.5: (ids int64 [text_max_len], mask bool) of the prompt for ``text`` and the raw ``state``."""
         assert self.io.state_norm is not None and self.tokenizer is not None
         normalized = self.io.state_norm.forward(state)
-        prompt = pi05_prompt(text, normalized, self.cfg.state_dim)
+        prompt = pi05_prompt(text, normalized, self.io.prompt_state_width)
         return pad_ids(self.tokenizer.ids(prompt), self.cfg.text_max_len, self.tokenizer.pad_id)
 
     def _pi05_feeds(self, observations: Sequence[Observation]) -> Dict[str, np.ndarray]:

@@ -38,6 +38,7 @@ try:
     import torch
 
     from vla_inference.model.fast_policy import ATTENTIONS, PREFIX_ATTENTIONS, FastPolicy
+    from vla_inference.model.pi05 import load_pi05_weights
     from vla_inference.model.policy import MASK_BIAS, build_policy, load_policy
 except ImportError as exc:
     torch = None
@@ -168,13 +169,18 @@ class TorchBackend(Backend):
         return self._device
 
     def _verified_weights_path(self) -> Path:
+        """The weights file, checked against the manifest's size and SHA-256 (a LeRobot checkpoint
+        records none: its file is read as it is)."""
         record = self.manifest.raw.get("weights")
         manifest_path = self.manifest.model_dir / MANIFEST_NAME
         if not isinstance(record, dict) or "file" not in record:
-            raise ModelDirError(f"{manifest_path}: lists no weights file (the torch backend needs one)")
+            raise ModelDirError(f"{manifest_path}: lists no weights file (the torch backend needs one; an exported "
+                                "pi0.5 is served by pointing model_dir at its LeRobot checkpoint)")
         path = self.manifest.model_dir / record["file"]
         if not path.is_file():
             raise ModelDirError(f"{path}: weights file listed in the manifest is missing")
+        if str(record.get("format", "")).startswith("lerobot"):
+            return path
         if path.stat().st_size != record.get("bytes"):
             raise ModelDirError(f"{path}: size {path.stat().st_size} bytes, manifest says {record.get('bytes')}")
         if sha256_of(path) != record.get("sha256"):
@@ -187,7 +193,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.intra_op_threads)
         if self.policy is None:
             try:
-                policy = load_policy(self._weights_path, self.config)
+                policy = self._load_weights()
             except (OSError, RuntimeError, ValueError, KeyError) as exc:
                 raise ModelDirError(f"{self._weights_path}: cannot load the policy weights ({exc})") from exc
             self.policy = policy
@@ -200,6 +206,14 @@ class TorchBackend(Backend):
                 ACTION_EXPERT: torch.cuda.Stream(priority=-100),  # clamped to the device's highest
             }
         LOG.info("torch %s: policy on %s in %s", torch.__version__, self._device, self.precision)
+
+    def _load_weights(self) -> Any:
+        assert self._weights_path is not None
+        record = self.manifest.raw.get("weights", {})
+        layout = str(record.get("format", "")) if isinstance(record, dict) else ""
+        if self.config.architecture == "pi05":
+            return load_pi05_weights(self._weights_path, self.config, layout)
+        return load_policy(self._weights_path, self.config)
 
     def _module(self, engine_name: str) -> Callable[..., Any]:
         return self.policy.vision_engine if engine_name == VISION else self.policy.action_expert
@@ -251,7 +265,9 @@ class TorchBackend(Backend):
         if self._fast is not None:  # a previous prepare's fast path: the self-check needs the policy as written
             self._fast.uninstall()
         self._fast = None
-        if self.fast_path:
+        if self.fast_path and self.config.architecture != "vla":
+            self._fast_note = f"no fused fast path for the {self.config.architecture} architecture: the policy as written"
+        elif self.fast_path:
             self._fast = self._build_fast(self.compile)
         try:
             with torch.inference_mode():
