@@ -75,10 +75,12 @@ def make_graph(ros_context):
     """Server, client and fake robot spinning together; ``live`` names the cameras publishing from the start."""
     stops = []
 
-    def make(live=CAMERAS):
+    def make(live=CAMERAS, **client_params):
         server = InferenceNode(context=ros_context, parameter_overrides=[
             Parameter("model_dir", value=MODEL_DIR), Parameter("num_samples", value=2)])
-        client = VlaClientNode(context=ros_context, parameter_overrides=[Parameter("sensor_timeout_s", value=0.3)])
+        client_values = {"sensor_timeout_s": 0.3, **client_params}
+        client = VlaClientNode(context=ros_context,
+                               parameter_overrides=[Parameter(k, value=v) for k, v in client_values.items()])
         robot = Robot(ros_context, live)
         executor = MultiThreadedExecutor(num_threads=6, context=ros_context)
         for node in (server, client, robot.node):
@@ -140,3 +142,18 @@ def test_nothing_is_sent_until_every_camera_has_delivered_once(make_graph):
     robot.live.add("right")
     assert wait_for(lambda: client.response_counts.get("OK", 0) >= 2, 30.0), client.response_counts
     assert client.response_counts.get("INVALID_REQUEST", 0) == 0 and client.waiting_for == []
+
+
+def test_a_client_set_up_for_another_model_refuses_to_run_and_names_the_field(make_graph):
+    server, client, robot = make_graph(state_dim=7, camera_names=["left", "front", "right"])
+    assert wait_for(lambda: client.setup_mismatches, 10.0), "the client never read the server's metadata"
+    problems = client.setup_mismatches
+    assert [p.split(":")[0] for p in problems] == ["camera_names", "state_dim"], problems
+    assert "8" in problems[1] and "7" in problems[1]
+    assert not wait_for(lambda: server.requests_received > 0, 2.0), "a mismatched client sent a request"
+
+
+def test_a_fitting_client_reads_the_metadata_and_runs(make_graph):
+    server, client, robot = make_graph()
+    assert wait_for(lambda: client.response_counts.get("OK", 0) >= 1, 30.0), client.response_counts
+    assert client.setup_mismatches == []

@@ -89,11 +89,14 @@ def build_request(
     images: Sequence[Image],
     text: str,
     state: Sequence[float],
-    lidar_range: Image,
+    lidar_range: Optional[Image],
     stamp: Time,
     denoising_steps: int = 0,
     frame_id: str = "base_link",
 ) -> InferenceRequest:
+    """One request; ``lidar_range`` None sends the contract's empty image (no LiDAR)."""
+    if lidar_range is None:
+        lidar_range = Image()
     request = InferenceRequest(request_id=request_id, text_cmd=text, denoising_steps=denoising_steps)
     request.header.stamp = stamp.to_msg()
     request.header.frame_id = frame_id

@@ -7,8 +7,12 @@ range image, ``/joint_states`` positions as the state and the last ``/vla/text_c
 INVALID_REQUEST naming ``sensor_data.images``. Until every camera (and the LiDAR, when used) has
 delivered once, nothing is sent and the diagnostics say what is missing: at start-up the drivers
 come up in any order, and a request without them would only come back as an error. Received chunks
-are played out one row per control tick
-on ``/vla/command`` by the ``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable.
+are played out one row per control tick on ``/vla/command`` by the ``ChunkExecutor``, which holds
+(zeros) when no fresh chunk is usable.
+
+The server's latched ``/vla/inference/metadata`` says what its model reads: when this node's
+``camera_names``, ``state_dim`` or ``action_dim`` differ from it, the node sends nothing, logs each
+difference and reports it in its diagnostics (``client.model_check``).
 
 The request is stamped with the state's time (the ``/joint_states`` header stamp, or its arrival
 time when unstamped): a chunk starts from that state, and the executor skips the rows it emitted
@@ -29,20 +33,22 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
 from vla_inference.client.chunk_executor import ChunkExecutor, ExecutorState, HoldPolicy
+from vla_inference.client.model_check import ServedModel, setup_mismatches
 from vla_inference.client.vla_client import ClientBusyError, ClientResult, VlaClient
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
-from vla_inference.qos import TEXT_CMD_QOS
+from vla_inference.qos import METADATA_QOS, TEXT_CMD_QOS
 from vla_inference.spec.interface import (
     COMMAND_TOPIC,
     LIDAR_TOPIC,
     MAX_DENOISING_STEPS,
+    METADATA_TOPIC,
     STATE_TOPIC,
     TEXT_CMD_TOPIC,
     camera_topic,
 )
-from vla_msgs.msg import InferenceResponse
+from vla_msgs.msg import InferenceResponse, ModelMetadata
 
 REQUEST_TICK_S = 0.02  # pacing resolution of the request loop
 
@@ -77,6 +83,8 @@ class VlaClientNode(Node):
                              read_only=True)
         self._executor = ChunkExecutor(1.0 / control_rate, max_age, HoldPolicy(hold), action_dim,
                                        delta_dims=list(delta_dims))
+        self._action_dim = action_dim
+        self._mismatches: List[str] = []
         self._images: Dict[str, Tuple[float, Image]] = {}
         self._lidar: Optional[Tuple[float, Image]] = None
         self._state: Optional[Tuple[float, Tuple[Time, list]]] = None
@@ -93,6 +101,7 @@ class VlaClientNode(Node):
             self.create_subscription(Image, LIDAR_TOPIC, self._store_lidar, qos_profile_sensor_data)
         self.create_subscription(JointState, STATE_TOPIC, self._store_state, qos_profile_sensor_data)
         self.create_subscription(String, TEXT_CMD_TOPIC, self._store_text, TEXT_CMD_QOS)
+        self.create_subscription(ModelMetadata, METADATA_TOPIC, self._check_model, METADATA_QOS)
         self._command_pub = self.create_publisher(Float32MultiArray, COMMAND_TOPIC, 10)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._request_period_s = 1.0 / request_rate
@@ -111,6 +120,21 @@ class VlaClientNode(Node):
     def waiting_for(self) -> List[str]:
         """Sensors that have not delivered once yet; nothing is sent while this is not empty."""
         return list(self._waiting_for)
+
+    @property
+    def setup_mismatches(self) -> List[str]:
+        """How this client's parameters differ from the served model's metadata; while any, nothing is sent."""
+        return list(self._mismatches)
+
+    def _check_model(self, msg: ModelMetadata) -> None:
+        served = ServedModel(list(msg.camera_names), msg.state_dim, msg.action_dim, msg.uses_lidar)
+        self._mismatches = setup_mismatches(self._cameras, self._state_dim, self._action_dim, served)
+        for line in self._mismatches:
+            self.get_logger().error(f"refusing to run against {msg.model_dir} ({msg.architecture}): {line}")
+        if not self._mismatches:
+            self.get_logger().info(f"server model {msg.model_dir} ({msg.architecture}) fits this client")
+        if self._use_lidar and not msg.uses_lidar:
+            self.get_logger().info("the served model reads no LiDAR: range images are sent but ignored")
 
     def _store_image(self, name: str, msg: Image) -> None:
         self._images[name] = (time.monotonic(), msg)
@@ -135,7 +159,7 @@ class VlaClientNode(Node):
     # -- requests ------------------------------------------------------------------------------
     def _maybe_request(self) -> None:
         now = time.monotonic()
-        if now - self._last_sent < self._request_period_s or not self._text:
+        if now - self._last_sent < self._request_period_s or not self._text or self._mismatches:
             return
         if self._client.busy(now) or self._client.seconds_until_allowed(now) > 0:
             return
@@ -192,6 +216,9 @@ class VlaClientNode(Node):
         message = self._last_state.value + (f" ({self._executor.hold_reason})" if not executing else "")
         if self._waiting_for:
             message += f"; waiting for the first data from {', '.join(self._waiting_for)}"
+        if self._mismatches:
+            level = DiagnosticStatus.ERROR
+            message = "refusing to run: " + "; ".join(self._mismatches)
         values = {"server_connected": self._client.server_connected, **self._counts}
         self._diagnostics.publish(diagnostic_array(self, "vla_client_node: chunk executor", level, message, values))
 
