@@ -116,3 +116,27 @@ def _compute(shape: str, seed: int, case: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SERVE_ORACLE_SCRIPT = TEST_DIR / "pi05_serve_oracle.py"
+
+
+def lerobot_served_actions(checkpoint: Path, sizes: dict, tokenizer: Path, images, state, task: str, noise,
+                           steps: int, workdir: Path):
+    """What LeRobot's whole pipeline (preprocessor, policy, postprocessor) answers for one robot observation
+    (``images`` uint8 [C, H, W, 3] in the checkpoint's camera order) with each of the noise draws [K, 50, 32]:
+    float32 [K, 50, action_dim] in robot units. ``sizes`` is the checkpoint's ``tiny_sizes`` description."""
+    import numpy as np
+
+    inputs, shape_json, out = workdir / "serve_inputs.npz", workdir / "serve_sizes.json", workdir / "serve_out.npz"
+    np.savez(inputs, images=np.asarray(images, np.uint8), state=np.asarray(state, np.float32), task=np.array(task),
+             noise=np.asarray(noise, np.float32), steps=np.array(steps))
+    shape_json.write_text(__import__("json").dumps({"sizes": sizes}))
+    python = reference_venv() / "bin" / "python"
+    cmd = [str(python), str(SERVE_ORACLE_SCRIPT), "--checkpoint", str(checkpoint), "--shape-json", str(shape_json),
+           "--tokenizer", str(tokenizer), "--inputs", str(inputs), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=ORACLE_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise ReferenceSetupError(f"the serving oracle failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                                  f"{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return np.load(out)["actions"]

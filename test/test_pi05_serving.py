@@ -1,18 +1,19 @@
 """A LeRobot pi0.5 checkpoint served by vla_inference_node over real DDS (torch backend, CPU).
 
-The node is pointed at the checkpoint directory itself; a client reads the latched metadata and
-sends rgb8 images, the robot's 8-value state and a command; the response must carry the chunk this
-project's pi0.5 computes from the same inputs and the server's own noise (the model itself is
-checked against LeRobot in test_pi05_checkpoint.py and test_pi05_reference_parity.py).
+The node is pointed at the directory LeRobot's ``save_pretrained`` wrote; a client reads the latched
+metadata and sends rgb8 images, the robot's 8-value state and a command; the response must carry the
+chunk LeRobot's own pipeline (preprocessor, PI05Policy, postprocessor, run in the reference venv)
+answers for the same observation with the server's noise.
 """
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rclpy
-import torch
 from lifecycle_msgs.msg import Transition
+from pi05_reference import lerobot_served_actions
 from rcl_interfaces.msg import Log
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -21,12 +22,9 @@ from test_inference_node import Graph
 
 from vla_inference import qos
 from vla_inference.client.vla_client import build_request, range_image_msg, rgb_image_msg
-from vla_inference.model.pi05 import load_pi05_policy
 from vla_inference.runtime.pipeline import sample_noise
 from vla_inference.spec import interface
-from vla_inference.spec.lerobot_checkpoint import read_checkpoint
 from vla_inference.spec.observation import Observation
-from vla_inference.spec.policy_io import FeedEncoder
 from vla_msgs.msg import InferenceResponse, ModelMetadata
 
 CHECKPOINT = Path(__file__).parent / "data" / "pi05_tiny_checkpoint"
@@ -41,16 +39,15 @@ def observation(seed: int = 3) -> Observation:
     return Observation(images=images, text="pick up the red block", state=rng.uniform(-1, 1, 8).astype(np.float32))
 
 
-def expected_actions(obs: Observation, request_id: int) -> np.ndarray:
-    """The mean chunk this project's pi0.5 gives for ``obs`` with the noise the server draws for
-    ``request_id`` (noise confidence views: every sample sees every camera)."""
-    checkpoint = read_checkpoint(CHECKPOINT, vision_num_heads=4)
-    policy = load_pi05_policy(checkpoint)
-    encoder = FeedEncoder(checkpoint.config, checkpoint.io, CHECKPOINT)
-    feeds = {k: torch.from_numpy(np.repeat(v, SAMPLES, axis=0)) for k, v in encoder.feeds([obs]).items()}
+def lerobot_actions(obs: Observation, request_id: int, workdir) -> np.ndarray:
+    """The mean chunk LeRobot's own pipeline (its pre/postprocessors and PI05Policy, in the reference
+    venv) answers for ``obs`` with the noise the server draws for ``request_id`` (noise confidence views:
+    every sample sees every camera and its own draw)."""
+    sizes = json.loads((CHECKPOINT / "reference_io.json").read_text())["tiny_sizes"]
     noise = sample_noise((SEED * 1_000_003 + request_id) % 2**32, SAMPLES, 50, 32)
-    chunks = policy.sample(feeds, STEPS, torch.from_numpy(noise)).numpy()
-    return encoder.actions(chunks).mean(axis=0)
+    actions = lerobot_served_actions(CHECKPOINT, sizes, CHECKPOINT / "tiny_tokenizer", np.stack(obs.images), obs.state,
+                                     obs.text, noise, STEPS, workdir)
+    return actions.mean(axis=0)
 
 
 def pi05_graph(context, model_dir: Path = CHECKPOINT, **params) -> Graph:
@@ -76,7 +73,7 @@ def served(ros_context):
     graph.close()
 
 
-def test_the_checkpoint_is_served_with_its_robot_interface(served):
+def test_the_checkpoint_is_served_with_its_robot_interface(served, tmp_path):
     graph, metadata = served
     assert wait_for(lambda: metadata, 10.0), "no metadata on the latched topic"
     meta = metadata[-1]
@@ -90,7 +87,7 @@ def test_the_checkpoint_is_served_with_its_robot_interface(served):
     assert response.status == InferenceResponse.STATUS_OK, response.message
     assert (response.action_horizon, response.action_dim) == (50, 7)
     served_actions = np.asarray(response.action_seq, np.float32).reshape(50, 7)
-    assert np.abs(served_actions - expected_actions(obs, 11)).max() <= TOLERANCE
+    assert np.abs(served_actions - lerobot_actions(obs, 11, tmp_path)).max() <= TOLERANCE
     without_lidar = graph.infer(request_for(obs, 11, with_lidar=False))  # the LiDAR is ignored: same answer
     assert np.array_equal(np.asarray(without_lidar.action_seq), np.asarray(response.action_seq))
 
