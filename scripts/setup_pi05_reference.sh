@@ -5,7 +5,8 @@
 # complete closure; PyPI for everything but the kit's local transformers wheel), and a .pth putting the kit's
 # import-only torchvision stub on the path.
 #
-#   VLA_PI05_REFERENCE_KIT   the kit directory (default: <repo>/../shared/wheels/reference)
+#   VLA_PI05_REFERENCE_KIT   the kit directory (default: <repo>/../shared/wheels/reference, else
+#                            /work/shared/wheels/reference)
 #   VLA_PI05_REFERENCE_VENV  where the venv goes (default: <repo>/.cache/pi05-reference, git-ignored)
 #   VLA_PI05_PYTHON          the interpreter to build it from (default: python3.11)
 #   VLA_PI05_PIP_ARGS        extra pip arguments, e.g. "--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -18,6 +19,10 @@
 # time. Concurrent runs are serialised with flock where available.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The kit sits in the workspace's shared/ folder, beside this checkout or at the workplace's /work/shared.
+if [ -z "${VLA_PI05_REFERENCE_KIT:-}" ] && [ ! -d "$ROOT/../shared/wheels/reference" ] && [ -d /work/shared/wheels/reference ]; then
+  VLA_PI05_REFERENCE_KIT=/work/shared/wheels/reference
+fi
 KIT=${VLA_PI05_REFERENCE_KIT:-$ROOT/../shared/wheels/reference}
 VENV=${VLA_PI05_REFERENCE_VENV:-$ROOT/.cache/pi05-reference}
 PY_BIN=${VLA_PI05_PYTHON:-python3.11}
