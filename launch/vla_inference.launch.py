@@ -1,6 +1,7 @@
 """Start vla_inference_node with config/vla_inference.yaml and bring it to active.
 
     ros2 launch vla_inference vla_inference.launch.py backend:=onnxruntime denoising_steps:=10
+    ros2 launch vla_inference vla_inference.launch.py model_dir:=<pi0.5 checkpoint> backend:=torch device:=cuda precision:=bf16
 
 The node is a lifecycle node: configure then activate are emitted by event handlers, so a failed
 configure (missing model, backend not installed) leaves it unconfigured with one clear log line.
@@ -26,6 +27,13 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | tensorrt | torch"),
         DeclareLaunchArgument("model_dir", default_value="", description="model directory; empty = shipped policy"),
         DeclareLaunchArgument("denoising_steps", default_value="10", description="1..50"),
+        DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda (torch; TensorRT needs cuda)"),
+        DeclareLaunchArgument("precision", default_value="fp32",
+                              description="fp32 | int8 (onnxruntime); bf16 | fp16 | fp32 (torch on cuda); TensorRT's"),
+        DeclareLaunchArgument("tokenizer_path", default_value="",
+                              description="pi0.5 checkpoint without a tokenizer file: PaliGemma's tokenizer"),
+        DeclareLaunchArgument("vision_num_heads", default_value="0",
+                              description="pi0.5 SigLIP heads; 0 = width / 72 (So400m)"),
     ]
     server = LifecycleNode(
         package="vla_inference",
@@ -39,6 +47,10 @@ def generate_launch_description() -> LaunchDescription:
                 "backend": LaunchConfiguration("backend"),
                 "model_dir": LaunchConfiguration("model_dir"),
                 "denoising_steps": ParameterValue(LaunchConfiguration("denoising_steps"), value_type=int),
+                "device": LaunchConfiguration("device"),
+                "precision": LaunchConfiguration("precision"),
+                "tokenizer_path": LaunchConfiguration("tokenizer_path"),
+                "vision_num_heads": ParameterValue(LaunchConfiguration("vision_num_heads"), value_type=int),
             },
         ],
     )

@@ -263,8 +263,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="requests per steps value served before the measured ones, not recorded (default 0)")
     parser.add_argument("--num-samples", type=int, default=4, help="K action chunks per request")
     parser.add_argument("--confidence-views", choices=CONFIDENCE_VIEWS, default="cameras",
-                        help="what the K samples differ in besides noise (runtime.sample_views); "
-                             "torch on cuda: noise")
+                        help="what the K samples differ in besides noise (runtime.sample_views): cameras "
+                             "(the served default; two vision rows) or noise (one row)")
     parser.add_argument("--precision", default=None, help="fp32/int8 (onnxruntime), fp16/bf16/fp8/int8 (tensorrt), "
                                                           "fp32/bf16/fp16 (torch); default: the backend's")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
