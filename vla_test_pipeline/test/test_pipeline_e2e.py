@@ -106,7 +106,7 @@ EXPERT_SERVER = textwrap.dedent(f"""
     from std_msgs.msg import UInt32
     from vla_msgs.msg import InferenceRequest, InferenceResponse
     from vla_inference import qos
-from vla_inference.spec import interface
+    from vla_inference.spec import interface
     from vla_inference.nodes.entry_point import spin_node
     from vla_inference.synthetic.scene import expert_actions, generate_scene
     from vla_test_pipeline import topics
