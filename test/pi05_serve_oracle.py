@@ -7,50 +7,35 @@ Runs INSIDE the reference venv (``pi05_reference.reference_venv()``)::
 ``IN.npz`` holds one observation as a robot sends it (``images`` uint8 [C, H, W, 3] in the
 checkpoint's camera order, ``state`` float32 [state_dim], ``task`` the command) and ``noise``
 float32 [K, 50, 32]. The checkpoint loads with ``PI05Policy.from_pretrained`` at the sizes of
-``SIZES`` (the kit's ``reference_io.json`` ``tiny_sizes`` layout), its saved pre/postprocessors with
+``SIZES`` (the kit's ``reference_io.json`` ``tiny_sizes`` layout, built through the oracle's
+``shrunk_constructors``), its saved pre/postprocessors with
 ``make_pre_post_processors`` (the tokenizer step gets the checkpoint's own tokenizer folder, LeRobot
 would download PaliGemma's), and each noise draw goes through preprocessor -> ``predict_action_chunk``
 -> postprocessor. ``OUT.npz`` holds ``actions`` float32 [K, 50, action_dim] in robot units.
 """
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from pi05_oracle import Shape, shrunk_constructors
 
 
-@contextlib.contextmanager
-def sized_as(sizes: dict):
-    """While active, LeRobot's pi0.5 constructors build the Gemmas and SigLIP at ``sizes``."""
-    from lerobot.policies.pi05 import modeling_pi05 as m
-
-    names = ("get_gemma_config", "PaliGemmaForConditionalGeneration", "GemmaForCausalLM")
-    saved = {name: getattr(m, name) for name in names}
-    gemma, siglip, vocab = sizes["gemma"], sizes["siglip"], sizes["vocab_size"]
-
-    def build_vlm(config):
-        config._vocab_size = config.image_token_index = config.text_config.vocab_size = vocab
-        config.projection_dim = config.hidden_size = gemma["gemma_2b"]["width"]
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            setattr(config.vision_config, key, siglip[key])
-        config.vision_config.projection_dim = gemma["gemma_2b"]["width"]
-        return saved["PaliGemmaForConditionalGeneration"](config=config)
-
-    def build_expert(config):
-        config.vocab_size = vocab
-        return saved["GemmaForCausalLM"](config=config)
-
-    m.get_gemma_config = lambda variant: m.GemmaConfig(**gemma[variant])
-    m.PaliGemmaForConditionalGeneration = build_vlm
-    m.GemmaForCausalLM = build_expert
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(m, name, value)
+def shape_of(sizes: dict, config: dict) -> Shape:
+    """The oracle's ``Shape`` for a checkpoint described by ``sizes`` (``tiny_sizes`` layout) and its config.json."""
+    vlm, expert, siglip = sizes["gemma"]["gemma_2b"], sizes["gemma"]["gemma_300m"], sizes["siglip"]
+    features = config["input_features"]
+    cameras = tuple(k for k, v in features.items() if v["type"] == "VISUAL")
+    state = next(v["shape"][0] for v in features.values() if v["type"] == "STATE")
+    action = next(v["shape"][0] for v in config["output_features"].values() if v["type"] == "ACTION")
+    return Shape(depth=vlm["depth"], head_dim=vlm["head_dim"], num_kv_heads=vlm["num_kv_heads"],
+                 vlm_width=vlm["width"], vlm_mlp=vlm["mlp_dim"], expert_width=expert["width"],
+                 expert_mlp=expert["mlp_dim"], vocab=sizes["vocab_size"], expert_vocab=sizes["vocab_size"],
+                 siglip_hidden=siglip["hidden_size"], siglip_intermediate=siglip["intermediate_size"],
+                 siglip_layers=siglip["num_hidden_layers"], siglip_heads=siglip["num_attention_heads"],
+                 state_dim=state, action_dim=action, cameras=cameras)
 
 
 def main(argv=None) -> int:
@@ -67,7 +52,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     sizes = json.loads(args.shape_json.read_text())["sizes"]
-    with sized_as(sizes):
+    config = json.loads((args.checkpoint / "config.json").read_text())
+    with shrunk_constructors(shape_of(sizes, config)):
         policy = PI05Policy.from_pretrained(str(args.checkpoint)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(args.checkpoint),

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from vla_inference.model.sampling import sample_chunk
 from vla_inference.spec.config import VlaConfig
-from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, check_inputs, check_tensor, engine_specs
-from vla_inference.spec.flow import check_steps, euler_integrate
+from vla_inference.spec.engine_spec import EngineSpec, engine_specs
 from vla_inference.spec.lerobot_checkpoint import LeRobotCheckpoint, map_key
 
 RMS_EPS = 1e-6
@@ -317,20 +317,9 @@ class Pi05Policy(nn.Module):
     def specs(self) -> Dict[str, EngineSpec]:
         return engine_specs(self.cfg)
 
-    @torch.no_grad()
     def sample(self, feeds: Mapping[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """Euler-integrate the flow from ``noise`` (t=1) to actions (t=0) in ``steps`` steps."""
-        check_steps(steps)
-        specs = self.specs
-        batch = check_inputs(specs[VISION], feeds)
-        check_tensor(specs[ACTION_EXPERT].input("noisy_actions"), noise, batch)
-        prefix_kv, prefix_mask = self.vision_engine(*(feeds[t.name] for t in specs[VISION].inputs))
-
-        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-            time = torch.full((batch,), float(t), dtype=torch.float32, device=noise.device)
-            return self.action_expert(x, time, prefix_kv, prefix_mask)
-
-        return euler_integrate(velocity, noise, steps)
+        return sample_chunk(self.cfg, self.vision_engine, self.action_expert, feeds, steps, noise)
 
 
 def load_pi05_policy(checkpoint: LeRobotCheckpoint) -> Pi05Policy:

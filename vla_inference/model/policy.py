@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vla_inference.model.sampling import sample_chunk
 from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
 from vla_inference.spec.config import VlaConfig
-from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, check_inputs, check_tensor, engine_specs
-from vla_inference.spec.flow import check_steps, euler_integrate
+from vla_inference.spec.engine_spec import EngineSpec, engine_specs
 
 # Additive attention bias for masked keys: exp(-30000) is 0 in fp32/bf16 and it stays finite in fp16.
 MASK_BIAS = -30000.0
@@ -567,20 +567,9 @@ class VlaPolicy(nn.Module):
     def specs(self) -> Dict[str, EngineSpec]:
         return engine_specs(self.cfg)
 
-    @torch.no_grad()
     def sample(self, feeds: Mapping[str, torch.Tensor], steps: int, noise: torch.Tensor) -> torch.Tensor:
         """Euler-integrate the flow from ``noise`` (t=1) to actions (t=0) in ``steps`` steps."""
-        check_steps(steps)
-        specs = self.specs
-        batch = check_inputs(specs[VISION], feeds)
-        check_tensor(specs[ACTION_EXPERT].input("noisy_actions"), noise, batch)
-        prefix_kv, prefix_mask = self.vision_engine(*(feeds[t.name] for t in specs[VISION].inputs))
-
-        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-            time = torch.full((batch,), float(t), dtype=torch.float32, device=noise.device)
-            return self.action_expert(x, time, prefix_kv, prefix_mask)
-
-        return euler_integrate(velocity, noise, steps)
+        return sample_chunk(self.cfg, self.vision_engine, self.action_expert, feeds, steps, noise)
 
 
 def build_policy(cfg: VlaConfig) -> nn.Module:

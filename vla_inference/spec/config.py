@@ -146,23 +146,10 @@ def pi05() -> VlaConfig:
 
 
 def pi05_lerobot() -> VlaConfig:
-    """The real pi0.5 as LeRobot and openpi ship it (``architecture="pi05"``): SigLIP So400m/14,
-    Gemma-2B with the 257,152-token table, Gemma-300M expert, three cameras and a 200-token prompt
-    (prefix 3 x 256 + 200 = 968 tokens), 50 x 32 actions. What a full-size checkpoint loads as."""
-    return VlaConfig(
-        preset="pi05_lerobot",
-        architecture="pi05",
-        max_cameras=3,
-        text_max_len=200,
-        text_vocab_size=257_152,
-        state_dim=32,
-        action_horizon=50,
-        action_dim=32,
-        vision=VisionConfig(image_size=224, patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
-        lidar=LidarConfig(),
-        backbone=BackboneConfig(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384),
-        expert=ExpertConfig(width=1024, mlp_dim=4096),
-    )
+    """The real pi0.5 as LeRobot and openpi ship it (``architecture="pi05"``): the ``pi05`` sizes with a
+    200-token prompt and no LiDAR or state token (prefix 3 x 256 + 200 = 968 tokens), 50 x 32 actions.
+    What a full-size checkpoint loads as."""
+    return dataclasses.replace(pi05(), preset="pi05_lerobot", architecture="pi05", text_max_len=200)
 
 
 PRESETS = {"tiny": tiny, "pi05": pi05, "pi05_lerobot": pi05_lerobot}
