@@ -182,6 +182,17 @@ def test_confidence_views_parameter_is_checked_and_fixed_once_configured(graph_f
     assert 0.0 <= noise.confidence <= 1.0
 
 
+def test_torch_options_reach_the_backend_and_are_fixed_once_configured(graph_factory):
+    graph = graph_factory(backend="torch", torch_fast_path=False, torch_compile=False)
+    graph.bring_up()
+    backend = graph.node._pipeline.backend
+    assert (backend.name, backend.fast_path, backend.compile) == ("torch", False, False)
+    ok, reason = graph.set_parameter("torch_fast_path", True)
+    assert not ok and "configure" in reason
+    response = graph.infer(scene_request(1))
+    assert response.status == InferenceResponse.STATUS_OK, response.message
+
+
 def test_deadline_exceeded_still_carries_actions(graph_factory):
     graph = graph_factory(deadline_ms=1.0)
     graph.bring_up()

@@ -44,6 +44,7 @@ LIVE = ("denoising_steps", "max_request_rate_hz", "deadline_ms", "seed")
 AT_CONFIGURE = (
     "backend", "model_dir", "precision", "device", "engine_cache_dir", "intra_op_threads", "camera_names",
     "image_resize_mode", "num_samples", "confidence_views", "pipelining", "tokenizer_path", "vision_num_heads",
+    "torch_fast_path", "torch_compile",
 )
 CHOICES = {"backend": BACKENDS, "image_resize_mode": RESIZE_MODES, "confidence_views": CONFIDENCE_VIEWS}
 SERVICE_TIMEOUT_S = 60.0
@@ -86,6 +87,10 @@ class InferenceNode(LifecycleNode):
         declare(self, "device", "cpu", "cpu or cuda (torch backend; ONNX Runtime CUDA provider)." + unconfigured)
         declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache." + unconfigured)
         declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads." + unconfigured, int_range=(1, 64))
+        declare(self, "torch_fast_path", True, "torch on cuda: serve this project's policies through the fused fast "
+                "path (checked against the policy at configure; off = the policy as written)." + unconfigured)
+        declare(self, "torch_compile", True, "torch on cuda: let torch.compile fuse the fast path's elementwise work "
+                "(longer configure; falls back to eager on a compile error)." + unconfigured)
         declare(self, "camera_names", ["front", "left", "right"],
                 "Cameras, in the order requests carry their images; every request must carry this many."
                 + unconfigured)
@@ -191,6 +196,10 @@ class InferenceNode(LifecycleNode):
         cameras = len(self._param("camera_names"))
         if not 1 <= cameras <= manifest.config.max_cameras:
             raise ValueError(f"camera_names: {cameras} cameras, the model takes 1..{manifest.config.max_cameras}")
+        torch_options = {}
+        if self._param("backend") == "torch":
+            torch_options = {"fast_path": bool(self._param("torch_fast_path")),
+                             "compile": bool(self._param("torch_compile"))}
         backend = create_backend(
             self._param("backend"),
             manifest,
@@ -198,6 +207,7 @@ class InferenceNode(LifecycleNode):
             device=self._param("device"),
             intra_op_threads=int(self._param("intra_op_threads")),
             engine_cache_dir=self._param("engine_cache_dir") or None,
+            **torch_options,
         )
         return InferencePipeline(
             backend,
