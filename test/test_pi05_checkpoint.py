@@ -14,10 +14,15 @@ from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file
 
+from vla_inference.model.export import export_lerobot_checkpoint
 from vla_inference.model.pi05 import load_pi05_policy
+from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.spec.lerobot_checkpoint import CheckpointError, read_checkpoint, safetensors_shapes
+from vla_inference.spec.manifest import load_manifest
 from vla_inference.spec.model_dir import open_model_dir, policy_io
+from vla_inference.spec.observation import Observation
 from vla_inference.spec.policy_io import FeedEncoder, discretize_state, pi05_prompt
+from vla_inference.spec.tokenizer import SentencePieceFile, load_tokenizer_file, pad_ids
 
 CHECKPOINT = Path(__file__).parent / "data" / "pi05_tiny_checkpoint"
 SIGLIP_HEADS = 4  # the tiny SigLIP's head count: its shapes cannot carry it
@@ -205,3 +210,37 @@ def test_relative_actions_are_refused_by_name(tmp_path):
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="use_relative_actions"):
         read_checkpoint(target, vision_num_heads=SIGLIP_HEADS)
+
+
+def test_the_exported_engines_serve_on_onnx_runtime_as_the_checkpoint_does_on_torch(tmp_path):
+    exported = tmp_path / "exported"
+    export_lerobot_checkpoint(CHECKPOINT, exported, vision_num_heads=SIGLIP_HEADS)
+    assert (exported / "tokenizer" / "tokenizer.json").is_file()
+    assert policy_io(load_manifest(exported)).tokenizer_file == "tokenizer/tokenizer.json"
+    rng = np.random.default_rng(9)
+    obs = Observation(images=[rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)],
+                      text="stack the blocks", state=rng.uniform(-1, 1, 8).astype(np.float32))
+    chunks = {}
+    for backend, directory, options in (("torch", CHECKPOINT, {"vision_num_heads": SIGLIP_HEADS}),
+                                        ("onnxruntime", exported, {})):
+        with InferencePipeline.from_model_dir(directory, backend=backend, num_samples=4, warmup_runs=0,
+                                              **options) as pipeline:
+            chunks[backend] = pipeline.infer(obs, steps=10, seed=4).actions
+    assert chunks["torch"].shape == (50, 7)
+    assert np.abs(chunks["torch"] - chunks["onnxruntime"]).max() <= PARITY_ATOL
+
+
+def test_a_sentencepiece_tokenizer_file_adds_bos_and_pads(tmp_path):
+    import sentencepiece
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["Task: pick up the red block, State: 1 2 3;", "Action: move the arm"] * 50))
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"),
+                                             vocab_size=64, hard_vocab_limit=False, pad_id=0, unk_id=3, bos_id=2,
+                                             eos_id=1, minloglevel=2)
+    tokenizer = load_tokenizer_file(tmp_path)
+    assert isinstance(tokenizer, SentencePieceFile) and tokenizer.pad_id == 0
+    ids = tokenizer.ids("Task: pick up the red block")
+    assert ids[0] == 2 and len(ids) > 3
+    tokens, mask = pad_ids(ids, 8, tokenizer.pad_id)
+    assert mask.sum() == min(len(ids), 8) and (tokens[mask.sum():] == 0).all()
