@@ -5,6 +5,8 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -13,6 +15,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
 from vla_inference.nodes.camera_adapter_node import CameraAdapterNode
 from vla_inference.nodes.lidar_adapter_node import LidarAdapterNode
+from vla_inference.sensors.image_codec import SUPPORTED_ENCODINGS
 
 
 def _scene_rgb(height: int = 120, width: int = 160) -> np.ndarray:
@@ -119,6 +122,77 @@ def test_camera_adapter_drops_malformed_frames_and_keeps_serving(camera, corrupt
     assert camera.node.counts["published"] == 0
     camera.feed(_encode(_scene_rgb(), "bgr8"), expect_output=True)
     assert camera.node.counts["published"] == 1
+
+
+def _yuyv_driver_frame(rgb: np.ndarray) -> Image:
+    """``yuv422_yuy2`` as usb_cam / v4l2_camera publish it: Y0 U0 Y1 V0 per pixel pair (BT.601 limited range,
+    U and V averaged over the pair), ``step`` = bytesperline rounded up to 64 bytes, padding bytes left as garbage."""
+    r, g, b = (rgb[..., i].astype(np.float64) / 255.0 for i in range(3))
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    quads = (y[:, 0::2], (u[:, 0::2] + u[:, 1::2]) / 2, y[:, 1::2], (v[:, 0::2] + v[:, 1::2]) / 2)
+    packed = np.stack([np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in quads], axis=-1)
+    height, width = rgb.shape[:2]
+    step = -(-width * 2 // 64) * 64
+    frame = np.full((height, step), 0xAB, np.uint8)
+    frame[:, : width * 2] = packed.reshape(height, width * 2)
+    msg = Image(height=height, width=width, encoding="yuv422_yuy2", step=step)
+    msg.data = frame.tobytes()
+    return msg
+
+
+def test_camera_adapter_converts_a_yuyv_driver_frame(camera):
+    rgb = np.zeros((120, 150, 3), np.uint8)  # colour blocks on even columns: no U, V pair straddles two colours
+    rgb[:, :50] = (220, 30, 40)
+    rgb[:, 50:100] = (20, 180, 60)
+    rgb[:60, 100:] = (30, 60, 210)
+    rgb[60:, 100:] = (240, 240, 240)
+    msg = _yuyv_driver_frame(rgb)
+    assert msg.step == 320 > 150 * 2
+    camera.feed(msg, expect_output=True)
+    out = camera.outputs[-1]
+    assert (out.encoding, out.height, out.width, out.step) == ("rgb8", 224, 224, 224 * 3)
+    got = np.frombuffer(bytes(out.data), np.uint8).reshape(224, 224, 3)
+    diff = np.abs(got.astype(int) - _expected(rgb, "rgb8").astype(int))
+    assert diff.max() <= 3 and camera.node.counts["dropped"] == 0
+
+
+def test_camera_adapter_names_an_unsupported_encoding_on_diagnostics(camera):
+    statuses = []
+    camera.peer.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
+    bad = _encode(_scene_rgb(), "rgb8")
+    bad.encoding = "nv12"
+    camera.feed(bad, expect_output=False)
+    assert camera.node.counts["dropped"] == 1 and camera.node.counts["published"] == 0
+
+    def adapter_status():
+        mine = [s for s in statuses if s.hardware_id == camera.node.get_name()]
+        return mine[-1] if mine else None
+
+    assert spin_until(camera.executor, lambda: adapter_status() is not None, 5.0), "no diagnostics"
+    status = adapter_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.WARN and values["dropped"] == "1"
+    assert values["last_error"].startswith("encoding: ") and "received 'nv12'" in values["last_error"]
+    assert all(name in values["last_error"] for name in SUPPORTED_ENCODINGS)
+
+
+def test_camera_adapter_scales_mono16_by_mono16_bits(ros_context):
+    with pytest.raises(InvalidParameterValueException):
+        CameraAdapterNode(context=ros_context, parameter_overrides=[Parameter("mono16_bits", value=17)])
+    node = CameraAdapterNode(context=ros_context, parameter_overrides=[Parameter("mono16_bits", value=12)])
+    harness = _Harness(ros_context, node, Image, "/image_raw", "/image")
+    try:
+        rgb = _scene_rgb()
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        msg = Image(height=gray.shape[0], width=gray.shape[1], encoding="mono16", step=gray.shape[1] * 2)
+        msg.data = (gray.astype("<u2") << 4).tobytes()  # 12-bit samples in the low bits
+        harness.feed(msg, expect_output=True)
+        got = np.frombuffer(bytes(harness.outputs[-1].data), np.uint8).reshape(224, 224, 3)
+        assert np.abs(got.astype(int) - _expected(rgb, "mono8").astype(int)).max() <= 1
+    finally:
+        harness.close()
 
 
 def test_camera_adapter_compressed_letterbox(ros_context):

@@ -2,8 +2,11 @@
 
 Subscribes ``image_raw`` (``sensor_msgs/Image``) or, with ``compressed: true``,
 ``image_raw/compressed`` (``sensor_msgs/CompressedImage``), both with sensor-data QoS, and publishes
-``image`` (rgb8, ``output_size`` square) with sensor-data QoS. Malformed frames are dropped with a
-throttled warning naming the field and counted on ``/diagnostics``; the node never dies on them.
+``image`` (rgb8, ``output_size`` square) with sensor-data QoS. Raw frames may use any encoding in
+``image_codec.SUPPORTED_ENCODINGS`` (what usb_cam, v4l2_camera and Bayer-sensor drivers publish, row
+padding included), wider than the server's request contract: converting here is the adapter's job.
+Malformed frames and unsupported encodings are dropped with a throttled warning naming the field (an
+encoding by name, with the supported ones) and counted on ``/diagnostics``; the node never dies on them.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vla_inference.nodes.diagnostics import drop_counter_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
-from vla_inference.sensors.image_codec import decode_compressed_msg, decode_image_msg
+from vla_inference.sensors.image_codec import SUPPORTED_ENCODINGS, decode_compressed_msg, decode_image_msg
 from vla_inference.sensors.image_preprocessing import resize_to_model
 from vla_inference.spec.interface import RESIZE_MODES
 
@@ -36,6 +39,10 @@ class CameraAdapterNode(Node):
         self._mode = declare(self, "resize_mode", "stretch",
                              "stretch (distorts aspect), letterbox (pads black) or center_crop.",
                              read_only=True, choices=RESIZE_MODES)
+        self._mono16_bits = declare(self, "mono16_bits", 16,
+                                    "Significant bits of mono16 samples: 16, or 10 / 12 for cameras that put 10- or 12-bit "
+                                    "data in the low bits. The 8-bit output keeps the top 8 of them.",
+                                    int_range=(8, 16), read_only=True)
         if self._mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode: expected one of {RESIZE_MODES}, received {self._mode!r}")
         self._received = 0
@@ -52,7 +59,7 @@ class CameraAdapterNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
 
     def _on_image(self, msg: Image) -> None:
-        self._convert(msg, lambda: decode_image_msg(msg))
+        self._convert(msg, lambda: decode_image_msg(msg, encodings=SUPPORTED_ENCODINGS, mono16_bits=self._mono16_bits))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         self._convert(msg, lambda: decode_compressed_msg(msg))
