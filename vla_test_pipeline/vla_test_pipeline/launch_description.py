@@ -17,6 +17,8 @@ from vla_test_pipeline.graph import CAMERA_NAMES, CHECKER_NODE, GraphConfig, Nod
 ARGUMENTS = (
     ("backend", "onnxruntime", "Inference runtime: " + ", ".join(BACKENDS)),
     ("model_dir", "", "Model directory; empty = the shipped policy"),
+    ("device", "auto", "auto (tensorrt: cuda; torch: cuda when a GPU is visible; onnxruntime: cpu), cpu or cuda"),
+    ("precision", "auto", "auto (the backend's default) or fp32, int8, fp16, bf16, fp8"),
     ("denoising_steps", "10", "Euler steps of the action expert, 1..50"),
     ("num_cameras", "3", f"Cameras, the first N of {', '.join(CAMERA_NAMES)}"),
     ("use_lidar", "true", "Simulate the LiDAR and run its adapter (true/false)"),
@@ -49,6 +51,8 @@ def _actions_from_arguments(context: Any) -> List[Any]:
     config = GraphConfig(
         backend=value("backend"),
         model_dir=value("model_dir"),
+        device=value("device"),
+        precision=value("precision"),
         denoising_steps=int(value("denoising_steps")),
         num_cameras=int(value("num_cameras")),
         use_lidar=use_lidar == "true",
@@ -62,7 +66,7 @@ def graph_actions(nodes: Sequence[NodeSpec]) -> List[Any]:
     """launch_ros actions for ``nodes``: Node / LifecycleNode, the lifecycle events, the checker's exit."""
     from launch.actions import EmitEvent, RegisterEventHandler
     from launch.event_handlers import OnProcessExit, OnProcessStart
-    from launch.events import Shutdown, matches_action
+    from launch.events import matches_action
     from launch_ros.actions import LifecycleNode, Node
     from launch_ros.event_handlers import OnStateTransition
     from launch_ros.events.lifecycle import ChangeState
@@ -88,13 +92,29 @@ def graph_actions(nodes: Sequence[NodeSpec]) -> List[Any]:
             actions += [
                 RegisterEventHandler(OnProcessStart(
                     target_action=node, on_start=[transition(node, Transition.TRANSITION_CONFIGURE)])),
-                # configuring -> inactive only: a later deactivate (active -> inactive) is left alone.
+                # configuring -> inactive, once: the launch's own start-up configure. A later deactivate
+                # (active -> inactive) or a user's `ros2 lifecycle set ... configure` is left alone.
                 RegisterEventHandler(OnStateTransition(
                     target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-                    entities=[transition(node, Transition.TRANSITION_ACTIVATE)])),
+                    entities=[transition(node, Transition.TRANSITION_ACTIVATE)], handle_once=True)),
                 node,
             ]
         if spec.name == CHECKER_NODE:
-            actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason="smoke check finished"))])))
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_end_with_verdict)))
     return actions
+
+
+class SmokeCheckFailed(RuntimeError):
+    """The smoke checker's verdict was FAIL: raised inside launch, so ``ros2 launch`` exits 1."""
+
+
+def _end_with_verdict(event: Any, context: Any) -> List[Any]:
+    """End the launch when the checker exits: a pass shuts down cleanly (exit 0); a failed verdict is
+    raised, which launch logs, turns into a shutdown and reports as its exit code 1."""
+    from launch.actions import EmitEvent
+    from launch.events import Shutdown
+
+    if event.returncode != 0:
+        raise SmokeCheckFailed(f"smoke check failed (the checker exited {event.returncode}); see its "
+                               "smoke_report.json in output_dir")
+    return [EmitEvent(event=Shutdown(reason="smoke check passed"))]

@@ -1,7 +1,7 @@
 """Graph nodes as operating-system processes: start, watch, signal, restart, and stop without orphans.
 
-Each node runs in a process group of its own (``process_group=0``), so a signal to the group also
-reaches anything the node spawned, and a Ctrl-C typed at the terminal reaches only the runner,
+Each node runs in a process group of its own (a new session: ``start_new_session``, which Python 3.10
+has too), so a signal to the group also reaches anything the node spawned, and a Ctrl-C typed at the terminal reaches only the runner,
 which then stops the nodes in order: SIGINT (rclpy shuts down cleanly), then SIGTERM, then SIGKILL,
 each after a timeout. Output goes to one log file per node.
 """
@@ -107,7 +107,7 @@ class ProcessSet:
         popen = subprocess.Popen(
             [*command, *spec.ros_arguments(params_file)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=self._env, process_group=0, close_fds=True,
+            env=self._env, start_new_session=True, close_fds=True,
         )
         process = ManagedProcess(spec, popen, log_path, log_file)
         self._processes[spec.name] = process

@@ -183,6 +183,9 @@ def timestamped(start: float) -> Progress:
 def add_graph_arguments(parser: argparse.ArgumentParser, default_duration: float) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--model-dir", default="", help="model directory (default: the shipped policy)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="inference device (auto: tensorrt -> cuda, torch -> cuda when a GPU is visible)")
+    parser.add_argument("--precision", default="auto", help="backend precision (auto: the backend's default)")
     parser.add_argument("--steps", type=int, default=10, help="denoising_steps of the inference node (1..50)")
     parser.add_argument("--cameras", type=int, default=3, choices=range(1, len(CAMERA_NAMES) + 1),
                         help="number of cameras (front, left, right: the first N)")
@@ -193,7 +196,8 @@ def add_graph_arguments(parser: argparse.ArgumentParser, default_duration: float
 
 
 def config_from_args(args: argparse.Namespace) -> GraphConfig:
-    return GraphConfig(backend=args.backend, model_dir=args.model_dir, denoising_steps=args.steps,
+    return GraphConfig(backend=args.backend, model_dir=args.model_dir, device=args.device, precision=args.precision,
+                       denoising_steps=args.steps,
                        num_cameras=args.cameras, use_lidar=not args.no_lidar, duration_s=args.duration,
                        output_dir=str(args.out))
 

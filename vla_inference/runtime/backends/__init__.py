@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix, InferenceError
 from vla_inference.spec.interface import BACKENDS
@@ -35,6 +35,31 @@ _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir", "num_samples"})
 LOG = logging.getLogger(__name__)
 
+
+
+AUTO = "auto"
+DEVICES = (AUTO, "cpu", "cuda")
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_placement(backend: str, device: str, precision: str) -> Tuple[str, Optional[str]]:
+    """(device, precision or None for the backend's default) for ``auto`` settings: TensorRT runs on
+    CUDA, PyTorch on CUDA when a GPU is visible, ONNX Runtime on the CPU; ``auto`` precision is the
+    backend's default (ONNX Runtime fp32, TensorRT fp16, PyTorch bf16 on CUDA and fp32 on the CPU).
+    Explicit values pass through, so a user's ``device:=cpu`` is never overridden."""
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, received {device!r}")
+    key = _ALIASES.get(backend, backend)
+    if device == AUTO:
+        device = {"tensorrt": "cuda", "torch": "cuda" if _cuda_visible() else "cpu"}.get(key, "cpu")
+    return device, None if precision == AUTO else precision
 
 
 def create_backend(name: str, manifest: Manifest, **options: Any) -> Backend:
@@ -57,4 +82,5 @@ def create_backend(name: str, manifest: Manifest, **options: Any) -> Backend:
     return backend_class(manifest, **options)
 
 
-__all__ = ["BACKENDS", "COMMON_OPTIONS", "Backend", "BackendUnavailableError", "HostPrefix", "InferenceError", "create_backend"]
+__all__ = ["AUTO", "BACKENDS", "COMMON_OPTIONS", "DEVICES", "Backend", "BackendUnavailableError", "HostPrefix",
+           "InferenceError", "create_backend", "resolve_placement"]

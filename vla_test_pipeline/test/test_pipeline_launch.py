@@ -1,0 +1,37 @@
+"""`ros2 launch vla_test_pipeline launch.py`, as a user types it: the whole graph, the smoke check's
+verdict in the exit code."""
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+def ros2_launch(output_dir: Path, duration_s: float) -> subprocess.CompletedProcess:
+    command = ["ros2", "launch", "vla_test_pipeline", "launch.py", f"duration:={duration_s}",
+               f"output_dir:={output_dir}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ.copy(), start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=duration_s + 150)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+        raise AssertionError(f"ros2 launch did not end within {duration_s + 150} s:\n{out[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, "")
+
+
+def test_the_launched_graph_passes_its_smoke_check_and_exits_0(tmp_path):
+    done = ros2_launch(tmp_path, 25.0)
+    report = json.loads((tmp_path / "smoke_report.json").read_text())
+    assert report["passed"], done.stdout[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Traceback" not in done.stdout, done.stdout[-3000:]
+
+
+def test_a_failed_smoke_check_makes_ros2_launch_exit_non_zero(tmp_path):
+    done = ros2_launch(tmp_path, 2.0)  # too short a window for the checker's minimum of OK responses
+    report = json.loads((tmp_path / "smoke_report.json").read_text())
+    assert not report["passed"]
+    assert done.returncode != 0, done.stdout[-3000:]
+    assert "smoke check failed" in done.stdout, done.stdout[-3000:]
