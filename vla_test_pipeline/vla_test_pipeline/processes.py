@@ -1,9 +1,9 @@
 """Graph nodes as operating-system processes: start, watch, signal, restart, and stop without orphans.
 
 Each node runs in a process group of its own (a new session: ``start_new_session``, which Python 3.10
-has too), so a signal to the group also reaches anything the node spawned, and a Ctrl-C typed at the terminal reaches only the runner,
-which then stops the nodes in order: SIGINT (rclpy shuts down cleanly), then SIGTERM, then SIGKILL,
-each after a timeout. Output goes to one log file per node.
+has too), so a signal to the group also reaches anything the node spawned, and a Ctrl-C typed at the
+terminal reaches only the runner, which then stops the nodes in order: SIGINT (rclpy shuts down
+cleanly), then SIGTERM, then SIGKILL, each after a timeout. Output goes to one log file per node.
 """
 from __future__ import annotations
 
