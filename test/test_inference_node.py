@@ -19,6 +19,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from ros_helpers import wait_for, wait_future
 from sensor_msgs.msg import Image
 
@@ -260,6 +261,26 @@ def test_malformed_field_is_named_and_the_node_keeps_serving(graph_factory, fiel
     assert named in bad.message, bad.message
     good = graph.infer(scene_request(2))
     assert good.status == InferenceResponse.STATUS_OK, good.message
+
+
+def test_a_text_cmd_sent_as_invalid_utf8_is_refused_by_name(graph_factory):
+    # A C++ or hand-serialised client can put any bytes in a ROS string; rclpy decodes them with
+    # replacement characters, which the validator must refuse rather than serve.
+    graph = graph_factory()
+    graph.bring_up()
+    responses = []
+    graph.peer.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, responses.append, qos.INFERENCE_QOS)
+    publisher = graph.peer.create_publisher(InferenceRequest, interface.REQUEST_TOPIC, qos.INFERENCE_QOS)
+    request = scene_request(77)
+    request.text_cmd = "reach the MARKER block"
+    raw = serialize_message(request)
+    assert raw.count(b"MARKER") == 1
+    assert wait_for(lambda: publisher.get_subscription_count() > 0, 10.0)
+    publisher.publish(raw.replace(b"MARKER", b"\xffr\xfed\xc3("))  # same length, not UTF-8
+    assert wait_for(lambda: any(r.request_id == 77 for r in responses), 30.0), "no response"
+    answer = next(r for r in responses if r.request_id == 77)
+    assert answer.status == InferenceResponse.STATUS_INVALID_REQUEST
+    assert answer.message.startswith("text_cmd: not valid UTF-8"), answer.message
 
 
 def test_flood_at_30hz_is_rate_limited_and_every_request_answered_once(graph_factory):

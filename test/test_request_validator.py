@@ -77,6 +77,12 @@ def test_text_of_exactly_512_bytes_is_accepted():
     assert validate_request(payload(text="é" * 256), LIMITS).text == "é" * 256
 
 
+def test_text_decoded_with_replacement_characters_is_refused_as_invalid_utf8():
+    received = b"reach the \xffred block".decode("utf-8", errors="replace")  # what rclpy hands the node
+    with pytest.raises(InvalidRequestError, match="text_cmd: not valid UTF-8.*character 10"):
+        validate_request(payload(text=received), LIMITS)
+
+
 def test_resize_mode_is_configurable():
     limits = ValidationLimits(num_cameras=2, state_dim=8, lidar_rows=4, lidar_cols=16, image_size=32,
                               resize_mode="letterbox")

@@ -15,6 +15,7 @@ those answers are not silently swallowed.
 from __future__ import annotations
 
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -29,13 +30,14 @@ from vla_inference import qos
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
+from vla_inference.runtime.backends.base import BackendUnavailableError
 from vla_inference.runtime.pipeline import InferencePipeline
 from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
 from vla_inference.serving.inference_server import InferenceServer, Reply, ReplyFn, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 from vla_inference.spec import interface
 from vla_inference.spec.interface import BACKENDS, RESIZE_MODES
-from vla_inference.spec.manifest import shipped_model_dir
+from vla_inference.spec.manifest import ModelDirError, shipped_model_dir
 from vla_inference.spec.model_dir import open_model_dir
 from vla_msgs.msg import InferenceRequest, InferenceResponse, ModelMetadata
 from vla_msgs.srv import Infer
@@ -147,8 +149,11 @@ class InferenceNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._pipeline = self._load_pipeline()
-        except Exception as exc:  # noqa: BLE001 - one clear line, back to unconfigured
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - back to unconfigured, saying why
+            # A model or set-up problem is one clear line; anything else is a bug: its traceback too.
+            expected = isinstance(exc, (ModelDirError, BackendUnavailableError, FileNotFoundError, ValueError))
+            detail = "" if expected else f"\n{traceback.format_exc()}"
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}{detail}")
             self._pipeline = None
             return TransitionCallbackReturn.FAILURE
         config, io = self._pipeline.cfg, self._pipeline.encoder.io
@@ -224,7 +229,11 @@ class InferenceNode(LifecycleNode):
         )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._server.start()
+        try:
+            self._server.start()
+        except Exception as exc:  # noqa: BLE001 - rclpy would not log it: say why, stay inactive
+            self.get_logger().error(f"activate failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.FAILURE
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -121,6 +121,11 @@ def _check_steps(value: Any, limits: ValidationLimits) -> int:
     return steps
 
 
+# What a ROS string field holds where the sender's bytes were not UTF-8: with it refused, every text
+# accepted re-encodes to exactly the bytes the client sent, so the byte limit measures what was sent.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
 def _check_text(value: Any, limits: ValidationLimits) -> str:
     limit = limits.max_text_bytes
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -131,6 +136,9 @@ def _check_text(value: Any, limits: ValidationLimits) -> str:
         except UnicodeDecodeError as exc:
             raise InvalidRequestError("text_cmd", f"not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
     elif isinstance(value, str):
+        if REPLACEMENT_CHARACTER in value:  # rclpy decodes invalid UTF-8 into U+FFFD instead of failing
+            raise InvalidRequestError("text_cmd", f"not valid UTF-8 (the text arrived with a replacement character "
+                                                  f"at character {value.index(REPLACEMENT_CHARACTER)})")
         if len(value) > limit:
             raise InvalidRequestError("text_cmd", f"expected at most {limit} UTF-8 bytes, received {len(value)}+")
         try:
