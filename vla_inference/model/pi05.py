@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from vla_inference.model.layers import GeGLU
 from vla_inference.model.sampling import sample_chunk
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.engine_spec import EngineSpec, engine_specs
@@ -138,17 +139,6 @@ class AdaptiveRMSNorm(nn.Module):
         return (normed * (1.0 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
 
 
-class GemmaMLP(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(width, hidden, bias=False)
-        self.up_proj = nn.Linear(width, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
-
-
 class GemmaSelfAttention(nn.Module):
     """The projections of one Gemma attention layer (the attention itself is computed by the caller,
     over the prefix alone or over prefix and actions)."""
@@ -190,7 +180,7 @@ class GemmaLayer(nn.Module):
             self.input_layernorm = AdaptiveRMSNorm(width, cond_width)
             self.post_attention_layernorm = AdaptiveRMSNorm(width, cond_width)
         self.self_attn = GemmaSelfAttention(width, heads, kv_heads, head_dim)
-        self.mlp = GemmaMLP(width, hidden)
+        self.mlp = GeGLU(width, hidden)
 
 
 class GemmaStack(nn.Module):

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vla_inference.model.layers import GeGLU
 from vla_inference.model.sampling import sample_chunk
 from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
 from vla_inference.spec.config import VlaConfig
@@ -168,17 +169,6 @@ class GemmaAttention(nn.Module):
     def output(self, attended: torch.Tensor) -> torch.Tensor:
         batch, _, length, _ = attended.shape
         return self.o_proj(attended.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
-
-
-class GeGLU(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(width, hidden, bias=False)
-        self.up_proj = nn.Linear(width, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
 class GemmaBlock(nn.Module):
