@@ -31,6 +31,7 @@ setup(
             "vla-eval = vla_inference.lab.evaluate:main",
             "vla-train = vla_inference.lab.train:main",
             "vla-export = vla_inference.model.export:main",
+            "vla-plan-memory = vla_inference.lab.memory_plan:main",
         ],
     },
 )
