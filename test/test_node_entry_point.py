@@ -45,3 +45,36 @@ def test_a_subscription_destroyed_while_the_executor_collects_it_does_not_kill_t
     assert done.returncode == 0, done.stderr[-2000:]
     assert "churned" in done.stdout, done.stdout + done.stderr[-2000:]
     assert int(done.stdout.split("churned")[1].split()[0]) >= 3
+
+
+def test_transport_environment_adds_the_large_data_profile_unless_one_is_chosen():
+    from vla_inference.nodes.entry_point import FASTDDS_PROFILE_VARIABLE, transport_environment
+
+    added = transport_environment({})
+    profile = Path(added[FASTDDS_PROFILE_VARIABLE])
+    assert profile.name == "fastdds_large_data.xml" and "<segment_size>" in profile.read_text()
+    assert transport_environment({FASTDDS_PROFILE_VARIABLE: "/mine.xml"}) == {}
+    assert transport_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+
+
+def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
+    script = textwrap.dedent("""
+        import os, sys
+        from rclpy.node import Node
+        from vla_inference.nodes.entry_point import spin_node
+
+        class Report(Node):
+            def __init__(self):
+                super().__init__("transport_report")
+                print("PROFILE=" + os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""), flush=True)
+                raise KeyboardInterrupt  # one look is enough
+
+        try:
+            spin_node(Report)
+        except KeyboardInterrupt:
+            pass
+        """)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("PROFILE="))
+    assert line.endswith("fastdds_large_data.xml"), done.stdout + done.stderr

@@ -1,8 +1,10 @@
 """Console-script plumbing shared by every node."""
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
 
 import rclpy
 from rclpy.exceptions import InvalidHandle
@@ -10,6 +12,32 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 
 SHUTDOWN_RACE_S = 1.0
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+LARGE_DATA_PROFILE = "fastdds_large_data.xml"
+
+
+def large_data_profile() -> Optional[Path]:
+    """The package's Fast DDS profile for large messages: installed share/ first, then the source tree."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        installed = Path(get_package_share_directory("vla_inference")) / "config" / LARGE_DATA_PROFILE
+    except (ImportError, PackageNotFoundError):
+        installed = None
+    source = Path(__file__).resolve().parents[2] / "config" / LARGE_DATA_PROFILE
+    return next((path for path in (installed, source) if path is not None and path.is_file()), None)
+
+
+def transport_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """What a node process adds to its environment before rclpy starts Fast DDS: the large-data profile
+    (a request of three camera images and a range image is ~700 KB, above the default 512 KB
+    shared-memory segment: with the default transport such messages were lost at 10 Hz). A profile
+    the user chose, or another RMW, is left alone."""
+    rmw = environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    profile = large_data_profile()
+    if environ.get(FASTDDS_PROFILE_VARIABLE) or rmw != "rmw_fastrtps_cpp" or profile is None:
+        return {}
+    return {FASTDDS_PROFILE_VARIABLE: str(profile)}
 
 
 def _shuts_down_within(seconds: float) -> bool:
@@ -48,8 +76,10 @@ def spin_node(
 ) -> None:
     """Run one node until Ctrl-C or an external shutdown, then release it cleanly.
 
-    ``num_threads > 1`` spins a MultiThreadedExecutor so callback groups can run side by side.
+    ``num_threads > 1`` spins a MultiThreadedExecutor so callback groups can run side by side. The
+    large-data transport is set up first (``transport_environment``), so ``ros2 run`` gets it too.
     """
+    os.environ.update(transport_environment(os.environ))
     rclpy.init(args=args)
     node = node_factory()
     executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
