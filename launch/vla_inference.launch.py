@@ -9,7 +9,7 @@ configure (missing model, backend not installed) leaves it unconfigured with one
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
@@ -20,12 +20,9 @@ from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
 
-FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
-
 
 def generate_launch_description() -> LaunchDescription:
-    share = get_package_share_directory("vla_inference")
-    config = os.path.join(share, "config", "vla_inference.yaml")
+    config = os.path.join(get_package_share_directory("vla_inference"), "config", "vla_inference.yaml")
     arguments = [
         DeclareLaunchArgument("backend", default_value="onnxruntime", description="onnxruntime | tensorrt | torch"),
         DeclareLaunchArgument("model_dir", default_value="", description="model directory; empty = shipped policy"),
@@ -66,8 +63,5 @@ def generate_launch_description() -> LaunchDescription:
         entities=[EmitEvent(event=ChangeState(
             lifecycle_node_matcher=matches_action(server), transition_id=Transition.TRANSITION_ACTIVATE))],
         handle_once=True))
-    # Requests of 3 camera images and a range image are ~700 KB: above Fast DDS's default shared-memory
-    # segment. The package's large-data profile, unless the user chose a profile file already.
-    transport = [] if os.environ.get(FASTDDS_PROFILE_VARIABLE) else [
-        SetEnvironmentVariable(FASTDDS_PROFILE_VARIABLE, os.path.join(share, "config", "fastdds_large_data.xml"))]
-    return LaunchDescription([*arguments, *transport, activate_when_inactive, server, configure])
+    # The node sets up the large-data Fast DDS profile itself at start-up (nodes/entry_point.py).
+    return LaunchDescription([*arguments, activate_when_inactive, server, configure])

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from vla_inference.nodes.entry_point import transport_environment
 from vla_inference.spec.interface import BACKENDS, LIDAR_TOPIC, MAX_DENOISING_STEPS, camera_topic
 from vla_inference.synthetic.dataset import EVAL_SEED_BASE
 from vla_test_pipeline.topics import LIDAR_POINTS_TOPIC, camera_raw_topic
@@ -23,8 +24,6 @@ PIPELINE_PACKAGE = "vla_test_pipeline"
 INFERENCE_NODE = "vla_inference_node"
 CHECKER_NODE = "smoke_checker"
 CAMERA_NAMES: Tuple[str, ...] = ("front", "left", "right")
-FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
-FASTDDS_PROFILE = "fastdds_large_data.xml"
 
 
 @dataclass(frozen=True)
@@ -100,16 +99,11 @@ def _share_file(package: str, *parts: str) -> Optional[str]:
 
 
 def graph_environment(environ: Mapping[str, str]) -> Dict[str, str]:
-    """Variables every process of the graph needs on top of ``environ``.
-
-    The Fast DDS profile with a large shared-memory segment (vla_inference's config/fastdds_large_data.xml: with
-    the default transports most best-effort 900 KB camera frames are lost); a profile file the user
-    already chose wins.
-    """
-    profile = _share_file(INFERENCE_PACKAGE, "config", FASTDDS_PROFILE)
-    if profile is None or environ.get(FASTDDS_PROFILE_VARIABLE):
-        return {}
-    return {FASTDDS_PROFILE_VARIABLE: profile}
+    """Variables every process of the graph needs on top of ``environ``: the same large-data Fast DDS
+    profile every node of vla_inference sets for itself (``entry_point.transport_environment``: with the
+    default transports most best-effort 900 KB camera frames are lost), here also for the runner's and
+    the demo's own in-process nodes."""
+    return transport_environment(environ)
 
 
 def inference_config_file() -> Optional[str]:
