@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from vla_inference.model.layers import GeGLU
+from vla_inference.model.layers import GeGLU, RMSNorm, apply_rope
 from vla_inference.model.sampling import sample_chunk
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.engine_spec import EngineSpec, engine_specs
@@ -113,18 +113,6 @@ class Siglip(nn.Module):
         return self.post_layernorm(self.encoder(self.embeddings(images)))
 
 
-class GemmaRMSNorm(nn.Module):
-    """Gemma's RMSNorm: ``x / rms(x) * (1 + weight)``, computed in float32."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + RMS_EPS)
-        return (normed * (1.0 + self.weight.float())).to(x.dtype)
-
-
 class AdaptiveRMSNorm(nn.Module):
     """pi0.5's adaptive RMSNorm: ``dense(cond)`` gives (scale, shift, gate); returns
     ``(x / rms(x) * (1 + scale) + shift, gate)`` for a gated residual."""
@@ -158,7 +146,7 @@ class GemmaSelfAttention(nn.Module):
         q = self.q_proj(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """Attention of ``q`` over keys where ``key_mask`` [B, S] is True, then ``o_proj``."""
@@ -174,8 +162,8 @@ class GemmaLayer(nn.Module):
                  cond_width: Optional[int] = None) -> None:
         super().__init__()
         if cond_width is None:
-            self.input_layernorm: nn.Module = GemmaRMSNorm(width)
-            self.post_attention_layernorm: nn.Module = GemmaRMSNorm(width)
+            self.input_layernorm: nn.Module = RMSNorm(width, RMS_EPS)
+            self.post_attention_layernorm: nn.Module = RMSNorm(width, RMS_EPS)
         else:
             self.input_layernorm = AdaptiveRMSNorm(width, cond_width)
             self.post_attention_layernorm = AdaptiveRMSNorm(width, cond_width)
@@ -202,11 +190,6 @@ def rope_tables(positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> T
     freqs = positions.float()[..., None] * inv_freq
     angles = torch.cat([freqs, freqs], dim=-1)[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def flow_time_embedding(time: torch.Tensor, width: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vla_inference.model.layers import GeGLU
+from vla_inference.model.layers import GeGLU, RMSNorm, apply_rope
 from vla_inference.model.sampling import sample_chunk
 from vla_inference.sensors.lidar_projection import DEFAULT_FOV_DOWN_DEG, DEFAULT_FOV_UP_DEG
 from vla_inference.spec.config import VlaConfig
@@ -61,20 +61,6 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: Sequence[Union[int, 
     if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
         shown = "(" + ", ".join("batch" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{name}: expected shape {shown}, received {shape}")
-
-
-class RMSNorm(nn.Module):
-    """Gemma RMSNorm: x / rms(x) * (1 + weight), statistics in float32."""
-
-    def __init__(self, width: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (1.0 + self.weight.float())).to(x.dtype)
 
 
 class AdaRMSNorm(nn.Module):
@@ -106,12 +92,6 @@ def rope_tables(positions: torch.Tensor, head_dim: int, dtype: torch.dtype) -> T
     angles = positions.float()[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
 
 
 def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

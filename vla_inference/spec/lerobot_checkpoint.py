@@ -129,11 +129,10 @@ def _shape(shapes: Mapping[str, Tuple[int, ...]], name: str, path: Path) -> Tupl
     return shapes[name]
 
 
-def infer_config(raw: Mapping[str, object], shapes: Mapping[str, Tuple[int, ...]], path: Path,
+def infer_config(raw: Mapping[str, object], shapes: Mapping[str, Tuple[int, ...]], layout: str, path: Path,
                  vision_num_heads: Optional[int] = None) -> VlaConfig:
-    """The pi05-architecture ``VlaConfig`` that ``raw`` (config.json) and the tensor shapes describe."""
+    """The pi05-architecture ``VlaConfig`` that ``raw`` (config.json) and the tensor shapes of ``layout`` describe."""
     mapped = {}
-    layout = detect_layout(list(shapes))
     for name, shape in shapes.items():
         matched, target = map_key(name, layout)
         if matched and target is not None:
@@ -276,7 +275,8 @@ def read_checkpoint(model_dir: Path, vision_num_heads: Optional[int] = None,
                               f"\"{POLICY_TYPE}\" and {WEIGHTS_FILE})")
     raw = json.loads(config_path.read_text())
     shapes = safetensors_shapes(model_dir / WEIGHTS_FILE)
-    cfg = infer_config(raw, shapes, model_dir / WEIGHTS_FILE, vision_num_heads)
+    layout = detect_layout(list(shapes))
+    cfg = infer_config(raw, shapes, layout, model_dir / WEIGHTS_FILE, vision_num_heads)
     inputs, outputs = raw.get("input_features", {}), raw.get("output_features", {})
     cameras = tuple(k for k, v in inputs.items() if v.get("type") == "VISUAL")
     states = [v["shape"][0] for v in inputs.values() if v.get("type") == "STATE"]
@@ -288,7 +288,6 @@ def read_checkpoint(model_dir: Path, vision_num_heads: Optional[int] = None,
     if raw.get("use_relative_actions"):
         raise CheckpointError(f"{config_path}: use_relative_actions is true; this server un-normalises absolute "
                               "actions only (LeRobot 0.5.1's relative-action processors are not implemented)")
-    layout = detect_layout(list(shapes))
     if state_dim > cfg.state_dim or action_dim > cfg.action_dim:
         raise CheckpointError(f"{config_path}: state {state_dim} / action {action_dim} exceed max_state_dim "
                               f"{cfg.state_dim} / max_action_dim {cfg.action_dim}")

@@ -7,7 +7,7 @@ training code see exactly the same tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,10 +57,22 @@ def check_observation(obs: Observation, cfg: VlaConfig, state_dim: int, with_lid
             raise ValueError("lidar_range: contains NaN or Inf")
 
 
-def vision_feeds(observations: Sequence[Observation], cfg: VlaConfig) -> Dict[str, np.ndarray]:
-    """Batch observations into the ``vision`` engine's named inputs (absent cameras/LiDAR masked)."""
+TextEncoder = Callable[[str, np.ndarray], Tuple[np.ndarray, np.ndarray]]
+StateEncoder = Callable[[np.ndarray], np.ndarray]
+
+
+def vision_feeds(observations: Sequence[Observation], cfg: VlaConfig, state_dim: Optional[int] = None,
+                 encode_text: Optional[TextEncoder] = None, encode_state: Optional[StateEncoder] = None,
+                 with_lidar: bool = True) -> Dict[str, np.ndarray]:
+    """Batch observations into the ``vision`` engine's named inputs (absent cameras/LiDAR masked).
+
+    The defaults are this project's policies: the robot state is the engine's, the command goes
+    through the byte tokenizer, the state through unchanged. A pi0.5 policy passes its robot state
+    size, its prompt tokenizer ``encode_text(text, raw state) -> (ids, mask)``, its state
+    normalisation, and ``with_lidar=False`` (``policy_io.FeedEncoder``)."""
     n = len(observations)
     size = cfg.vision.image_size
+    state_dim = cfg.state_dim if state_dim is None else state_dim
     images = np.zeros((n, cfg.max_cameras, 3, size, size), dtype=np.float32)
     camera_mask = np.zeros((n, cfg.max_cameras), dtype=bool)
     lidar = np.zeros((n, 1, cfg.lidar.rows, cfg.lidar.cols), dtype=np.float32)
@@ -69,15 +81,20 @@ def vision_feeds(observations: Sequence[Observation], cfg: VlaConfig) -> Dict[st
     text_mask = np.zeros((n, cfg.text_max_len), dtype=bool)
     state = np.zeros((n, cfg.state_dim), dtype=np.float32)
     for b, obs in enumerate(observations):
-        obs.validate(cfg)
+        check_observation(obs, cfg, state_dim, with_lidar)
         count = len(obs.images)
         images[b, :count] = normalize_images(np.stack(obs.images))
         camera_mask[b, :count] = True
-        if obs.lidar_range is not None:
+        if with_lidar and obs.lidar_range is not None:
             lidar[b, 0] = obs.lidar_range
             lidar_mask[b] = True
-        tokens[b], text_mask[b] = tokenize(obs.text, cfg.text_max_len)
-        state[b] = obs.state
+        raw_state = np.asarray(obs.state)
+        if encode_text is None:
+            tokens[b], text_mask[b] = tokenize(obs.text, cfg.text_max_len)
+        else:
+            tokens[b], text_mask[b] = encode_text(obs.text, raw_state)
+        row = raw_state if encode_state is None else encode_state(raw_state)
+        state[b, : len(row)] = row
     return {
         "images": images,
         "camera_mask": camera_mask,

@@ -23,8 +23,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from vla_inference.spec.config import VlaConfig
-from vla_inference.spec.engine_spec import normalize_images
-from vla_inference.spec.observation import Observation, check_observation, vision_feeds
+from vla_inference.spec.observation import Observation, vision_feeds
 from vla_inference.spec.tokenizer import TextTokenizer, load_tokenizer_file, pad_ids
 
 KINDS = ("vla", "pi05")
@@ -183,7 +182,9 @@ class FeedEncoder:
         """The vision engine's inputs; ``ValueError`` names a bad observation field."""
         if self.io.kind == "vla":
             return vision_feeds(observations, self.cfg)
-        return self._pi05_feeds(observations)
+        assert self.io.state_norm is not None
+        return vision_feeds(observations, self.cfg, self.io.state_dim, self.prompt_tokens, self.io.state_norm.forward,
+                            with_lidar=False)
 
     def prompt_tokens(self, text: str, state: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """pi0.5: (ids int64 [text_max_len], mask bool) of the prompt for ``text`` and the raw ``state``."""
@@ -191,28 +192,6 @@ class FeedEncoder:
         normalized = self.io.state_norm.forward(state)
         prompt = pi05_prompt(text, normalized, self.io.prompt_state_width)
         return pad_ids(self.tokenizer.ids(prompt), self.cfg.text_max_len, self.tokenizer.pad_id)
-
-    def _pi05_feeds(self, observations: Sequence[Observation]) -> Dict[str, np.ndarray]:
-        cfg, n = self.cfg, len(observations)
-        size = cfg.vision.image_size
-        feeds = {
-            "images": np.zeros((n, cfg.max_cameras, 3, size, size), np.float32),
-            "camera_mask": np.zeros((n, cfg.max_cameras), bool),
-            "lidar_range": np.zeros((n, 1, cfg.lidar.rows, cfg.lidar.cols), np.float32),
-            "lidar_mask": np.zeros((n,), bool),
-            "text_tokens": np.zeros((n, cfg.text_max_len), np.int64),
-            "text_mask": np.zeros((n, cfg.text_max_len), bool),
-            "state": np.zeros((n, cfg.state_dim), np.float32),
-        }
-        assert self.io.state_norm is not None
-        for b, obs in enumerate(observations):
-            check_observation(obs, cfg, self.io.state_dim, with_lidar=False)
-            count = len(obs.images)
-            feeds["images"][b, :count] = normalize_images(np.stack(obs.images))
-            feeds["camera_mask"][b, :count] = True
-            feeds["text_tokens"][b], feeds["text_mask"][b] = self.prompt_tokens(obs.text, np.asarray(obs.state))
-            feeds["state"][b, : self.io.state_dim] = self.io.state_norm.forward(obs.state)
-        return feeds
 
     def actions(self, samples: np.ndarray) -> np.ndarray:
         """Model-space samples [..., H, D] -> robot actions [..., H, action_dim]."""
