@@ -1,9 +1,11 @@
 """``spin_node``, the entry point of every node, in a real process with a real executor."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 CHURN = textwrap.dedent("""
@@ -78,3 +80,61 @@ def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROFILE="))
     assert line.endswith("fastdds_large_data.xml"), done.stdout + done.stderr
+
+
+BUSY = textwrap.dedent("""
+    import time
+    from rclpy.node import Node
+    from vla_inference.nodes.entry_point import spin_node
+
+    class Busy(Node):
+        # Its timer callback holds the main thread nearly all the time, so a SIGINT lands inside it.
+        def __init__(self):
+            super().__init__("busy")
+            self.create_timer(0.001, self.tick)
+            print("spinning", flush=True)
+
+        def tick(self):
+            end = time.monotonic() + (3600.0 if BLOCK else 0.05)
+            try:
+                while time.monotonic() < end:
+                    pass
+            except KeyboardInterrupt:
+                print("interrupted inside a callback", flush=True)
+                raise
+
+    BLOCK = __import__("sys").argv[1] == "block"
+    spin_node(Busy)
+    print("left spin_node", flush=True)
+    """)
+
+
+def _start_busy(tmp_path: Path, mode: str) -> subprocess.Popen:
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY)
+    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "spinning"
+    time.sleep(0.5)
+    return proc
+
+
+def test_the_first_sigint_shuts_rclpy_down_without_interrupting_a_callback(tmp_path: Path) -> None:
+    # Python's KeyboardInterrupt used to land wherever the main thread was, once inside the
+    # executor's Task.__init__ (a traceback from Future.__del__ at exit failed a launch test).
+    proc = _start_busy(tmp_path, "busy")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted inside a callback" not in out and "Traceback" not in err, out + err
+    assert "left spin_node" in out
+
+
+def test_a_second_sigint_interrupts_a_callback_that_never_returns(tmp_path: Path) -> None:
+    proc = _start_busy(tmp_path, "block")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None  # the callback still holds the thread: the first SIGINT only shut rclpy down
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted inside a callback" in out, out + err

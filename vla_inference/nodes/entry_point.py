@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional
@@ -38,6 +39,24 @@ def transport_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     if environ.get(FASTDDS_PROFILE_VARIABLE) or rmw != "rmw_fastrtps_cpp" or profile is None:
         return {}
     return {FASTDDS_PROFILE_VARIABLE: str(profile)}
+
+
+def graceful_sigint() -> None:
+    """Let the first SIGINT only shut rclpy down; a second one interrupts as Python's default does.
+
+    rclpy's own handler shuts the context down (the executor then raises ExternalShutdownException)
+    and chains to Python's, which raises KeyboardInterrupt wherever the main thread happens to be. At
+    50 Hz that was sometimes inside the executor's ``Task.__init__``, and the half-built task printed
+    a traceback from ``Future.__del__`` at exit. Call before ``rclpy.init`` from the main thread.
+    """
+    requests = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        requests.append(signum)
+        if len(requests) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def _shuts_down_within(seconds: float) -> bool:
@@ -80,6 +99,7 @@ def spin_node(
     large-data transport is set up first (``transport_environment``), so ``ros2 run`` gets it too.
     """
     os.environ.update(transport_environment(os.environ))
+    graceful_sigint()
     rclpy.init(args=args)
     node = node_factory()
     executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()

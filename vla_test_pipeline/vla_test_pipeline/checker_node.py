@@ -21,6 +21,7 @@ from rclpy.time import Time
 from std_msgs.msg import String
 
 from vla_inference import qos
+from vla_inference.nodes.entry_point import graceful_sigint
 from vla_inference.nodes.parameters import declare
 from vla_inference.spec import interface
 from vla_inference.synthetic.scene import SUCCESS_TOLERANCE_M
@@ -105,6 +106,7 @@ class SmokeCheckerNode(Node):
 
 
 def main(args: Optional[list] = None) -> None:
+    graceful_sigint()
     rclpy.init(args=args)
     node = SmokeCheckerNode()
     executor = SingleThreadedExecutor()
