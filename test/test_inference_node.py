@@ -194,12 +194,16 @@ def test_torch_options_reach_the_backend_and_are_fixed_once_configured(graph_fac
     assert response.status == InferenceResponse.STATUS_OK, response.message
 
 
-def test_deadline_exceeded_still_carries_actions(graph_factory):
+def test_a_deadline_shorter_than_the_inference_is_answered_at_the_deadline_then_the_next_is_served(graph_factory):
     graph = graph_factory(deadline_ms=1.0)
     graph.bring_up()
     response = graph.infer(scene_request(9))
     assert response.status == InferenceResponse.STATUS_DEADLINE_EXCEEDED
-    assert len(response.action_seq) == 128 and "deadline" in response.message
+    assert len(response.action_seq) == 0 and "deadline of 1 ms" in response.message
+    assert response.latency_ms < 200.0, "answered by the watchdog, not after the inference"
+    assert graph.set_parameter("deadline_ms", 5000.0)[0]
+    response = graph.infer(scene_request(10))
+    assert response.status == InferenceResponse.STATUS_OK, response.message
 
 
 def _image_with(**changes) -> Image:

@@ -205,7 +205,7 @@ def test_stop_answers_the_waiting_request_not_ready(pipeline):
     clock = Clock()
     validator = RequestValidator(ValidationLimits(num_cameras=3, state_dim=pipeline.cfg.state_dim))
     held = HeldPipeline(pipeline)
-    server = InferenceServer(held, validator, ServerSettings(max_request_rate_hz=100.0), clock)
+    server = InferenceServer(held, validator, ServerSettings(max_request_rate_hz=100.0, deadline_ms=10_000), clock)
     replies = Replies()
     server.submit(1, payload(), replies)  # not started yet
     assert replies.by_id()[1].status == Status.NOT_READY
@@ -233,3 +233,80 @@ def test_status_values_mirror_the_message_constants():
 
     for status in Status:
         assert getattr(InferenceResponse, f"STATUS_{status.name}") == status.value
+
+
+class CountingHeldPipeline(HeldPipeline):
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        super().__init__(pipeline)
+        self.submitted = []
+
+    def submit(self, observation, steps: int, seed: int):
+        self.submitted.append(seed)
+        return super().submit(observation, steps, seed)
+
+
+def _held_server(pipeline, deadline_ms: float):
+    clock = Clock()
+    held = CountingHeldPipeline(pipeline)
+    validator = RequestValidator(ValidationLimits(num_cameras=3, state_dim=pipeline.cfg.state_dim))
+    server = InferenceServer(held, validator, ServerSettings(max_request_rate_hz=5.0, deadline_ms=deadline_ms), clock)
+    server.start()
+    return server, held, clock
+
+
+def test_a_request_held_past_its_deadline_is_answered_then_and_its_late_result_is_dropped(pipeline):
+    server, held, clock = _held_server(pipeline, deadline_ms=500.0)
+    replies = Replies()
+    try:
+        server.submit(1, payload(), replies)
+        assert held.taken.wait(10.0)
+        clock.now += 0.6  # the backend still holds request 1
+        replies.wait_for_id(1, timeout_s=5.0)
+        first = replies.by_id()[1]
+        assert first.status == Status.DEADLINE_EXCEEDED and first.actions is None
+        assert "500 ms" in first.message
+        held.door.set()  # the backend returns late: its result must not become a second response
+        clock.now += 0.3
+        server.submit(2, payload(), replies)
+        replies.wait_for_id(2)
+    finally:
+        held.door.set()
+        server.stop()
+    assert [r.request_id for r in replies.items] == [1, 2]
+    assert replies.by_id()[2].status == Status.OK
+
+
+def test_a_request_still_waiting_at_its_deadline_is_answered_and_never_run(pipeline):
+    server, held, clock = _held_server(pipeline, deadline_ms=500.0)
+    replies = Replies()
+    try:
+        server.submit(1, payload(), replies)
+        assert held.taken.wait(10.0)
+        clock.now += 0.3
+        server.submit(2, payload(), replies)  # waits behind 1
+        clock.now += 0.6  # both past their deadlines
+        replies.wait(2, timeout_s=5.0)
+        assert {r.request_id: r.status for r in replies.items} == {1: Status.DEADLINE_EXCEEDED,
+                                                                   2: Status.DEADLINE_EXCEEDED}
+        held.door.set()
+        clock.now += 0.3
+        server.submit(3, payload(), replies)
+        replies.wait_for_id(3)
+    finally:
+        held.door.set()
+        server.stop()
+    assert replies.by_id()[3].status == Status.OK and len(replies.items) == 3
+    assert len(held.submitted) == 2, "request 2 expired while it waited: it must not have reached the pipeline"
+
+
+def test_stop_answers_a_request_the_backend_never_returns(pipeline):
+    server, held, clock = _held_server(pipeline, deadline_ms=10_000.0)
+    replies = Replies()
+    try:
+        server.submit(1, payload(), replies)
+        assert held.taken.wait(10.0)
+        server.stop(timeout_s=0.5)
+        assert [(r.request_id, r.status) for r in replies.items] == [(1, Status.INTERNAL_ERROR)]
+        assert "backend" in replies.items[0].message
+    finally:
+        held.door.set()

@@ -44,7 +44,7 @@ class ClientResult:
     request_id: int
     status: int
     message: str
-    actions: Optional[np.ndarray]  # [horizon, action_dim] float32, None unless OK / DEADLINE_EXCEEDED
+    actions: Optional[np.ndarray]  # [horizon, action_dim] float32, None unless OK
     confidence: float
     denoising_steps: int
     server_latency_ms: float

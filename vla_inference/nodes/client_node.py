@@ -185,11 +185,9 @@ class VlaClientNode(Node):
     def _on_result(self, result: ClientResult) -> None:
         name = result.status_name
         self._counts[name] = self._counts.get(name, 0) + 1
-        if result.actions is None or result.status not in (InferenceResponse.STATUS_OK,
-                                                           InferenceResponse.STATUS_DEADLINE_EXCEEDED):
-            if result.status != InferenceResponse.STATUS_OK:
-                self.get_logger().warning(f"request {result.request_id}: {name} {result.message}",
-                                          throttle_duration_sec=5.0)
+        if result.actions is None or result.status != InferenceResponse.STATUS_OK:
+            self.get_logger().warning(f"request {result.request_id}: {name} {result.message}",
+                                      throttle_duration_sec=5.0)
             return
         now_s = self.get_clock().now().nanoseconds * 1e-9
         stamp_s = result.observation_stamp.nanoseconds * 1e-9 if result.observation_stamp else now_s

@@ -113,8 +113,9 @@ class InferenceNode(LifecycleNode):
                 "denoising_steps overrides it." + live, int_range=(1, interface.MAX_DENOISING_STEPS))
         declare(self, "max_request_rate_hz", 5.0, "Accepted requests per second at most; faster ones are answered "
                 "REJECTED_RATE_LIMIT with retry_after_ms." + live, float_range=(0.1, 100.0))
-        declare(self, "deadline_ms", 500.0, "Inference finishing later than this after receipt is answered "
-                "DEADLINE_EXCEEDED (actions included)." + live, float_range=(1.0, 60000.0))
+        declare(self, "deadline_ms", 500.0, "A request without result this long after receipt is answered "
+                "DEADLINE_EXCEEDED at that moment, without actions (a watchdog: a hung backend costs the client "
+                "its deadline, never more); a result arriving later is dropped." + live, float_range=(1.0, 60000.0))
         declare(self, "seed", 0, "Base seed of the flow-matching noise (per request: seed and request_id)." + live,
                 int_range=(0, 2**31 - 1))
 

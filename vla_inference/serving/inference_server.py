@@ -11,13 +11,18 @@ Plain Python (no rclpy) so the whole request contract is testable alone:
   (one per stage) and one waits;
 * ``submit`` never waits for inference: it validates (O(size of the images)) and hands the job to
   the worker thread;
-* an inference that finishes after ``deadline_ms`` is answered ``DEADLINE_EXCEEDED`` with its actions;
+* a request without result ``deadline_ms`` after receipt is answered ``DEADLINE_EXCEEDED`` then, by a
+  watchdog thread, whether it waits or runs: a hung backend costs a client its deadline, never more;
+  the late result, if one ever comes, is dropped (the request was answered);
 * a failure inside the backend is answered ``INTERNAL_ERROR`` and the worker keeps serving;
-* ``stop`` answers the waiting request ``NOT_READY`` and lets the running one finish.
+* ``stop`` answers the waiting request ``NOT_READY`` and lets the running one finish (or its deadline
+  pass); a request the backend still holds when ``stop`` gives up is answered ``INTERNAL_ERROR``.
 """
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
 import math
 import threading
@@ -25,7 +30,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -112,6 +117,9 @@ class _Job:
     received_at: float
     reply: ReplyFn
     request: ValidatedRequest = field(repr=False)
+    due_at: float = math.inf  # receipt + the deadline in force when it was accepted
+    answered: bool = False  # set once, under the server's answer lock: the exactly-once guard
+    serial: int = -1  # the watchdog's key (request_ids are the clients' and may repeat)
 
 
 class InferenceServer:
@@ -137,6 +145,12 @@ class InferenceServer:
         self._capacity = threading.Semaphore(self._concurrency)
         self._model_ms: "OrderedDict[int, float]" = OrderedDict()
         self._model_ms_lock = threading.Lock()
+        self._answer_lock = threading.Lock()
+        self._live: Dict[int, _Job] = {}  # accepted and not yet answered, by serial
+        self._due: List[Tuple[float, int]] = []  # heap of (due_at, serial)
+        self._serials = itertools.count()
+        self._watch = threading.Condition()
+        self._watchdog: Optional[threading.Thread] = None
 
     def model_time_ms(self, request_id: int) -> Optional[float]:
         """Pipeline time of a recent request (the last MODEL_TIME_HISTORY), for overhead measurements."""
@@ -164,6 +178,8 @@ class InferenceServer:
         self._capacity = threading.Semaphore(self._concurrency)
         self._worker = threading.Thread(target=self._run, name="vla-inference-worker", daemon=True)
         self._worker.start()
+        self._watchdog = threading.Thread(target=self._watch_deadlines, name="vla-deadline-watchdog", daemon=True)
+        self._watchdog.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop accepting; answer the waiting job NOT_READY; let the running one finish."""
@@ -176,6 +192,16 @@ class InferenceServer:
             if self._worker.is_alive() or not drained:
                 LOG.error("inference worker did not stop within %.1f s", timeout_s)
             self._worker = None
+        with self._watch:
+            self._watch.notify_all()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout_s)
+            self._watchdog = None
+        with self._answer_lock:
+            leftover = list(self._live.values())
+        for job in leftover:  # still inside a backend that did not return: nothing else will answer them
+            self._answer(job.reply, Reply(job.request_id, Status.INTERNAL_ERROR,
+                                          "server stopped while the backend still held this request"), job)
 
     @property
     def running(self) -> bool:
@@ -200,7 +226,8 @@ class InferenceServer:
         except InvalidRequestError as exc:
             self._answer(reply, Reply(request_id, Status.INVALID_REQUEST, str(exc)), None, received_at)
             return
-        job = _Job(request_id, received_at, reply, request)
+        job = _Job(request_id, received_at, reply, request, due_at=received_at + self._settings.deadline_ms / 1000.0)
+        self._watch_job(job)
         try:
             superseded = self._slot.offer(job)
         except SlotClosedError:
@@ -220,7 +247,40 @@ class InferenceServer:
                 self._capacity.release()
                 continue
             self._slot.finish()  # the job now belongs to the pipeline; the capacity bounds it
+            if job.answered:  # its deadline passed while it waited: nobody wants its result
+                self._capacity.release()
+                continue
             self._start(job)
+
+    def _watch_job(self, job: _Job) -> None:
+        with self._answer_lock:
+            job.serial = next(self._serials)
+            self._live[job.serial] = job
+        with self._watch:
+            heapq.heappush(self._due, (job.due_at, job.serial))
+            self._watch.notify()
+
+    def _watch_deadlines(self) -> None:
+        """Answer DEADLINE_EXCEEDED at the deadline; a job answered meanwhile is just dropped from the heap."""
+        while True:
+            with self._watch:
+                if self._stopping.is_set() and self._worker is None:
+                    return
+                now = self._clock()
+                expired = []
+                while self._due and self._due[0][0] <= now:
+                    expired.append(heapq.heappop(self._due)[1])
+                if not expired:
+                    wait_s = self._due[0][0] - now if self._due else 0.1
+                    self._watch.wait(min(max(wait_s, 0.0), 0.1))
+                    continue
+            for serial in expired:
+                with self._answer_lock:
+                    job = self._live.get(serial)
+                if job is not None:
+                    deadline_ms = (job.due_at - job.received_at) * 1000.0
+                    self._answer(job.reply, Reply(job.request_id, Status.DEADLINE_EXCEEDED,
+                                                  f"no result within the deadline of {deadline_ms:g} ms"), job)
 
     def _start(self, job: _Job) -> None:
         settings = self._settings
@@ -256,13 +316,9 @@ class InferenceServer:
             LOG.error("inference failed for request %d: %s: %s", job.request_id, type(error).__name__, error)
             return Reply(job.request_id, Status.INTERNAL_ERROR, f"{type(error).__name__}: {error}",
                          denoising_steps=steps)
-        elapsed_ms = (self._clock() - job.received_at) * 1000.0
-        deadline_ms = self._settings.deadline_ms
-        late = elapsed_ms > deadline_ms
         return Reply(
             job.request_id,
-            Status.DEADLINE_EXCEEDED if late else Status.OK,
-            f"finished after {elapsed_ms:.1f} ms, deadline {deadline_ms:g} ms" if late else "",
+            Status.OK,
             actions=chunk.actions,
             confidence=float(chunk.confidence),
             denoising_steps=steps,
@@ -270,6 +326,17 @@ class InferenceServer:
         )
 
     def _answer(self, reply: ReplyFn, response: Reply, job: Optional[_Job], received_at: Optional[float] = None) -> None:
+        """Send one response; for an accepted job only the first answer goes out (the watchdog and the
+        pipeline may race for a request that finishes just at its deadline)."""
+        if job is not None:
+            with self._answer_lock:
+                if job.answered:
+                    if response.status == Status.OK:
+                        LOG.warning("request %d finished %.0f ms after receipt, past its deadline: result dropped",
+                                    job.request_id, (self._clock() - job.received_at) * 1000.0)
+                    return
+                job.answered = True
+                self._live.pop(job.serial, None)
         start = job.received_at if job is not None else (received_at if received_at is not None else self._clock())
         response.latency_ms = (self._clock() - start) * 1000.0
         self.stats.record_response(response.status.name, response.latency_ms if response.actions is not None else None)
