@@ -205,3 +205,17 @@ def test_invalid_settings_are_refused(kwargs):
     settings.update(kwargs)
     with pytest.raises(ValueError):
         ChunkExecutor(**settings)
+
+
+def test_hold_drops_the_current_chunk_from_the_next_command_on():
+    ex = executor(HoldPolicy.ZERO)
+    ex.accept_chunk(CHUNK, stamp_s=10.0, now_s=10.0)
+    command, state = ex.command(10.0)
+    np.testing.assert_array_equal(command, CHUNK[0])
+    ex.hold("server missing")
+    command, state = ex.command(10.1)
+    assert state is ExecutorState.HOLDING and ex.hold_reason == "server missing"
+    np.testing.assert_array_equal(command, np.zeros(8))
+    assert ex.accept_chunk(CHUNK, stamp_s=10.2, now_s=10.2).accepted  # a fresh chunk plays again
+    command, state = ex.command(10.2)
+    assert state is ExecutorState.EXECUTING

@@ -1,9 +1,11 @@
 """The /vla/inference interface over real DDS: messages arrive intact, constants are the contract."""
+import time
+
 import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 
@@ -95,6 +97,32 @@ def test_contract_names_and_qos():
     assert profile.reliability == ReliabilityPolicy.RELIABLE
     assert profile.history == HistoryPolicy.KEEP_LAST and profile.depth == 1
     assert profile.durability == DurabilityPolicy.VOLATILE
+
+
+@pytest.mark.parametrize("depth,kept", [(1, [2]), (qos.READER_DEPTH, [1, 2])])
+def test_a_reader_keeps_its_own_response_when_another_clients_arrives_first_only_with_depth(ros_context, depth, kept):
+    # Two responses on the shared topic before this client's reader is taken: response 1 is this
+    # client's, 2 another's. With depth 1 the reader holds only the newer one; READER_QOS keeps both.
+    server = rclpy.create_node("interface_responder", context=ros_context)
+    client = rclpy.create_node("interface_client", context=ros_context)
+    writer = server.create_publisher(InferenceResponse, interface.RESPONSE_TOPIC, qos.INFERENCE_QOS)
+    reader_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=depth,
+                            durability=DurabilityPolicy.VOLATILE)
+    received = []
+    client.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, lambda m: received.append(m.request_id),
+                               reader_qos)
+    deadline = time.monotonic() + 10.0
+    while writer.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for request_id in (1, 2):
+        writer.publish(InferenceResponse(request_id=request_id))
+    time.sleep(0.5)  # both delivered into the reader's history, which nobody has taken from yet
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(client)
+    spin_until(executor, lambda: len(received) >= len(kept), 2.0)
+    executor.spin_once(timeout_sec=0.2)
+    assert received == kept
+    executor.shutdown()
 
 
 def test_request_with_three_images_and_lidar_arrives_intact_over_dds(ros_context):

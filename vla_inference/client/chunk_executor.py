@@ -171,6 +171,12 @@ class ChunkExecutor:
             state = ExecutorState.HOLDING if self._ever_accepted else ExecutorState.IDLE
             return self._hold_command(), state
 
+    def hold(self, reason: str) -> None:
+        """Drop the current chunk (if any) and hold from the next ``command`` on: the caller knows the
+        chunk must not be finished (the server vanished, an operator stop)."""
+        with self._lock:
+            self._drop_chunk(reason)
+
     def reset(self) -> None:
         """Forget chunks and the last command (back to idle), for example after the robot was re-homed."""
         with self._lock:

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 
@@ -118,8 +119,10 @@ class VlaClient:
         callback_group: Optional[CallbackGroup] = None,
         first_request_id: Optional[int] = None,
         on_result: Optional[Callable[[ClientResult], None]] = None,
+        response_qos: QoSProfile = qos.READER_QOS,
     ) -> None:
-        """``on_result`` (optional) is called from the executor thread with every matched response."""
+        """``on_result`` (optional) is called from the executor thread with every matched response.
+        ``response_qos`` exists for measurements (``vla_test_pipeline.multi_client``); keep the default."""
         self._node = node
         self._on_result = on_result
         self._timeout_s = timeout_s
@@ -132,7 +135,7 @@ class VlaClient:
         self._retry_at = 0.0
         self._publisher = node.create_publisher(InferenceRequest, interface.REQUEST_TOPIC, qos.INFERENCE_QOS)
         self._subscription = node.create_subscription(
-            InferenceResponse, interface.RESPONSE_TOPIC, self._on_response, qos.INFERENCE_QOS,
+            InferenceResponse, interface.RESPONSE_TOPIC, self._on_response, response_qos,
             callback_group=callback_group)
 
     @property

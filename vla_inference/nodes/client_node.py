@@ -2,13 +2,15 @@
 
 Every ``1 / request_rate_hz`` it sends one request (never a second while one is outstanding) built
 from the freshest data it holds: the camera adapters' images in ``camera_names`` order, the LiDAR
-range image, ``/joint_states`` positions as the state and the last ``/vla/text_cmd``. Data older than
-``sensor_timeout_s`` is left out rather than faked, so a dead camera shows up as the server's
-INVALID_REQUEST naming ``sensor_data.images``. Until every camera (and the LiDAR, when used) has
-delivered once, nothing is sent and the diagnostics say what is missing: at start-up the drivers
-come up in any order, and a request without them would only come back as an error. Received chunks
-are played out one row per control tick on ``/vla/command`` by the ``ChunkExecutor``, which holds
-(zeros) when no fresh chunk is usable.
+range image, ``/joint_states`` positions as the state and the last ``/vla/text_cmd``. While any of
+them is older than ``sensor_timeout_s`` (the LiDAR only when the served model reads it), nothing is
+sent and the diagnostics name the stale sensor: a request without it would only come back
+INVALID_REQUEST, and faking the frame would be worse. Until every camera (and the LiDAR, when used)
+has delivered once, the same hold says what is missing: at start-up the drivers come up in any
+order. Received chunks are played out one row per control tick on ``/vla/command`` by the
+``ChunkExecutor``, which holds (zeros) when no fresh chunk is usable, and from the next tick on
+when the server leaves the graph (killed or stopped: its response writer is gone), until it serves
+again.
 
 The server's latched ``/vla/inference/metadata`` says what its model reads: when this node's
 ``camera_names``, ``state_dim`` or ``action_dim`` differ from it, the node sends nothing, logs each
@@ -65,7 +67,7 @@ class VlaClientNode(Node):
         control_rate = declare(self, "control_rate_hz", 20.0, "Rows of the action chunk played per second.",
                                float_range=(1.0, 1000.0), read_only=True)
         self._sensor_timeout_s = declare(self, "sensor_timeout_s", 0.5,
-                                         "Sensor data older than this is left out of requests.",
+                                         "No request is sent while a sensor's newest data is older than this.",
                                          float_range=(0.01, 60.0))
         timeout = declare(self, "request_timeout_s", 2.0, "A request without response after this is given up.",
                           float_range=(0.05, 60.0), read_only=True)
@@ -92,6 +94,14 @@ class VlaClientNode(Node):
         self._counts: Dict[str, int] = {}
         self._last_state = ExecutorState.IDLE
         self._waiting_for: List[str] = []
+        self._stale: List[str] = []
+        self._held_stale = 0
+        self._served_uses_lidar = True  # until the metadata says otherwise
+        self._control_period_s = 1.0 / control_rate
+        self._last_tick: Optional[float] = None
+        self._missed_ticks = 0
+        self._server_seen = False
+        self._server_missing = False
         responses = MutuallyExclusiveCallbackGroup()
         self._client = VlaClient(self, timeout_s=timeout, callback_group=responses, on_result=self._on_result)
         for name in self._cameras:
@@ -122,6 +132,21 @@ class VlaClientNode(Node):
         return list(self._waiting_for)
 
     @property
+    def stale_sensors(self) -> List[str]:
+        """Sensors whose data was older than ``sensor_timeout_s`` at the last request slot (requests held)."""
+        return list(self._stale)
+
+    @property
+    def requests_held_stale(self) -> int:
+        """Request slots skipped since start because a sensor was stale."""
+        return self._held_stale
+
+    @property
+    def server_missing(self) -> bool:
+        """The server was seen and is gone from the graph now: the executor holds."""
+        return self._server_missing
+
+    @property
     def setup_mismatches(self) -> List[str]:
         """How this client's parameters differ from the served model's metadata; while any, nothing is sent."""
         return list(self._mismatches)
@@ -129,6 +154,7 @@ class VlaClientNode(Node):
     def _check_model(self, msg: ModelMetadata) -> None:
         served = ServedModel(list(msg.camera_names), msg.state_dim, msg.action_dim, msg.uses_lidar)
         self._mismatches = setup_mismatches(self._cameras, self._state_dim, self._action_dim, served)
+        self._served_uses_lidar = bool(msg.uses_lidar)
         for line in self._mismatches:
             self.get_logger().error(f"refusing to run against {msg.model_dir} ({msg.architecture}): {line}")
         if not self._mismatches:
@@ -174,8 +200,17 @@ class VlaClientNode(Node):
             self.get_logger().warning(f"waiting for the first data from {', '.join(self._waiting_for)}",
                                       throttle_duration_sec=5.0)
             return
-        images = [img for img in (self._fresh(self._images.get(n), now) for n in self._cameras) if img is not None]
+        images = [self._fresh(self._images.get(n), now) for n in self._cameras]
         lidar = self._fresh(self._lidar, now) if self._use_lidar else None
+        self._stale = [n for n, image in zip(self._cameras, images) if image is None]
+        if self._use_lidar and self._served_uses_lidar and lidar is None:
+            self._stale.append("lidar")
+        if self._stale:
+            self._held_stale += 1
+            self.get_logger().warning(f"holding requests: no data within sensor_timeout_s "
+                                      f"({self._sensor_timeout_s:g} s) from {', '.join(self._stale)}",
+                                      throttle_duration_sec=5.0)
+            return
         try:
             self._client.send(images, self._text, state, lidar, self._steps, stamp=stamp)
         except ClientBusyError:
@@ -199,6 +234,15 @@ class VlaClientNode(Node):
 
     # -- control -------------------------------------------------------------------------------
     def _control_tick(self) -> None:
+        now = time.monotonic()
+        if self._last_tick is not None:
+            self._missed_ticks += max(0, round((now - self._last_tick) / self._control_period_s) - 1)
+        self._last_tick = now
+        connected = self._client.server_connected
+        self._server_seen = self._server_seen or connected
+        self._server_missing = self._server_seen and not connected
+        if self._server_missing:
+            self._executor.hold("server missing")
         command, state = self._executor.command(self.get_clock().now().nanoseconds * 1e-9)
         self._last_state = state
         if command is None:
@@ -212,12 +256,18 @@ class VlaClientNode(Node):
         executing = self._last_state == ExecutorState.EXECUTING
         level = DiagnosticStatus.OK if executing else DiagnosticStatus.WARN
         message = self._last_state.value + (f" ({self._executor.hold_reason})" if not executing else "")
+        if self._server_missing:
+            message += "; server missing"
         if self._waiting_for:
             message += f"; waiting for the first data from {', '.join(self._waiting_for)}"
+        elif self._stale:
+            message += f"; holding requests: stale data from {', '.join(self._stale)}"
         if self._mismatches:
             level = DiagnosticStatus.ERROR
             message = "refusing to run: " + "; ".join(self._mismatches)
-        values = {"server_connected": self._client.server_connected, **self._counts}
+        values = {"server_connected": self._client.server_connected, "server_missing": self._server_missing,
+                  "stale_sensors": ",".join(self._stale), "requests_held_stale": self._held_stale,
+                  "missed_control_ticks": self._missed_ticks, **self._counts}
         self._diagnostics.publish(diagnostic_array(self, "vla_client_node: chunk executor", level, message, values))
 
 

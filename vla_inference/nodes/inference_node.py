@@ -169,7 +169,7 @@ class InferenceNode(LifecycleNode):
         self._server = InferenceServer(self._pipeline, RequestValidator(limits), self._settings())
         self._response_pub = self.create_publisher(InferenceResponse, interface.RESPONSE_TOPIC, qos.INFERENCE_QOS)
         self._request_sub = self.create_subscription(
-            InferenceRequest, interface.REQUEST_TOPIC, self._on_request, qos.INFERENCE_QOS,
+            InferenceRequest, interface.REQUEST_TOPIC, self._on_request, qos.READER_QOS,
             callback_group=self._request_group)
         self._service = self.create_service(Infer, interface.INFER_SERVICE, self._on_infer,
                                             callback_group=self._service_group)

@@ -68,7 +68,7 @@ class SmokeCheckerNode(Node):
         self._deadline = time.monotonic() + self.duration_s
         self.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, self._on_request, qos.INFERENCE_QOS)
         self.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, self._on_response,
-                                 qos.INFERENCE_QOS)
+                                 qos.READER_QOS)
         self.create_subscription(String, topics.EPISODE_TOPIC, self._on_episode, topics.EPISODE_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
