@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from vla_inference.runtime.backends.base import Backend, BackendUnavailableError
+from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, check_inputs
 from vla_inference.spec.flow import flow_schedule
@@ -500,7 +500,8 @@ class TorchBackend(Backend):
         static["mods_steps"] = steps
 
     def denoise(self, prefix: Any, noise: np.ndarray, steps: int) -> np.ndarray:
-        if self._device != "cuda":
+        if self._device != "cuda" or isinstance(prefix, HostPrefix):
+            # A host prefix (the lab's batched samplers) has no prepared slot: the engine-by-engine loop.
             return super().denoise(prefix, noise, steps)
         if steps > MAX_STEPS:
             raise ValueError(f"steps: at most {MAX_STEPS} on the CUDA path, received {steps}")
