@@ -32,6 +32,7 @@ setup(
             "vla-train = vla_inference.lab.train:main",
             "vla-export = vla_inference.model.export:main",
             "vla-plan-memory = vla_inference.lab.memory_plan:main",
+            "vla-bench-transport = vla_inference.lab.bench_transport:main",
         ],
     },
 )
