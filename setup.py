@@ -33,6 +33,7 @@ setup(
             "vla-export = vla_inference.model.export:main",
             "vla-plan-memory = vla_inference.lab.memory_plan:main",
             "vla-bench-transport = vla_inference.lab.bench_transport:main",
+            "vla-fuzz = vla_inference.lab.fuzz:main",
         ],
     },
 )

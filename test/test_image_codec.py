@@ -385,3 +385,16 @@ def test_jpeg_with_huge_header_dimensions_is_refused_before_decoding():
     data[sof + 5 : sof + 7] = (60_000).to_bytes(2, "big")
     with pytest.raises(ImageDecodeError, match="height in header: expected 1..8192, received 60000"):
         decode_compressed("jpeg", bytes(data))
+
+
+def test_a_small_jpeg_claiming_8192_squared_is_refused_from_its_header_at_once():
+    # Fuzzing found it: 3 KB announcing 67 MP held the camera adapter's thread for seconds.
+    import time
+
+    data = bytearray(compressed(".jpg"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (8192).to_bytes(2, "big") + (8192).to_bytes(2, "big")
+    started = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match="8192 x 8192 = 67108864 pixels, at most 16777216"):
+        decode_compressed("jpeg", bytes(data))
+    assert time.perf_counter() - started < 0.1

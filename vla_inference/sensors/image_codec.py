@@ -39,6 +39,10 @@ import cv2
 import numpy as np
 
 MAX_IMAGE_DIM = 8192
+# A compressed stream announcing more pixels is refused from its header: a 3 KB JPEG claiming 8192 x 8192
+# held the camera adapter's thread for 4-6 s and 200 MB per buffer (fuzzing found it). 16 MP covers
+# 4K (8.3 MP) and 12 MP sensors.
+MAX_COMPRESSED_PIXELS = 16 * 1024 * 1024
 
 # What the encodings mean, checked against public sources:
 # * ros2/common_interfaces sensor_msgs/include/sensor_msgs/image_encodings.hpp (rolling c0c0bc5, lines 95-103; the
@@ -298,11 +302,13 @@ def decode_compressed(
     *,
     field_prefix: str = "",
     max_dim: int = MAX_IMAGE_DIM,
+    max_pixels: int = MAX_COMPRESSED_PIXELS,
 ) -> np.ndarray:
     """``CompressedImage`` fields (``image_format`` like "jpeg" or "bgr8; png compressed bgr8") -> RGB uint8.
 
-    The header is read first so an image announcing absurd dimensions is refused before OpenCV
-    allocates for it. ``compressedDepth`` streams (depth images with an extra header) are refused.
+    The header is read first so an image announcing absurd dimensions (either side above ``max_dim``,
+    or more than ``max_pixels``) is refused before OpenCV allocates and decodes for it. ``compressedDepth``
+    streams (depth images with an extra header) are refused.
     """
     format_field = _field(field_prefix, "format")
     data_field = _field(field_prefix, "data")
@@ -320,6 +326,9 @@ def decode_compressed(
     for name, value in zip(("height", "width"), dims):
         if not 1 <= value <= max_dim:
             raise ImageDecodeError(data_field, f"{name} in header: expected 1..{max_dim}, received {value}")
+    if dims[0] * dims[1] > max_pixels:
+        raise ImageDecodeError(data_field, f"header announces {dims[0]} x {dims[1]} = {dims[0] * dims[1]} pixels, "
+                                           f"at most {max_pixels} are decoded")
     try:
         bgr = cv2.imdecode(np.frombuffer(view, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
