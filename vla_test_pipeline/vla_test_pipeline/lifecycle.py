@@ -62,7 +62,9 @@ class LifecycleClient:
                  activate_timeout_s: float = 15.0) -> str:
         """unconfigured -> inactive -> active; returns the final state label (always 'active')."""
         self.wait_for_services(service_timeout_s)
-        if self.get_state() == "unconfigured":
+        # The services exist from the node's constructor on, before its process spins: on a loaded host the
+        # first answer can take longer than later ones, so it gets the services' timeout.
+        if self.get_state(timeout_s=service_timeout_s) == "unconfigured":
             self.change_state(Transition.TRANSITION_CONFIGURE, configure_timeout_s)
         if self.get_state() == "inactive":
             self.change_state(Transition.TRANSITION_ACTIVATE, activate_timeout_s)
