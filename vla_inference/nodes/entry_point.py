@@ -41,22 +41,37 @@ def transport_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     return {FASTDDS_PROFILE_VARIABLE: str(profile)}
 
 
-def graceful_sigint() -> None:
-    """Let the first SIGINT only shut rclpy down; a second one interrupts as Python's default does.
+REPEAT_SIGINT_S = 2.0
 
-    rclpy's own handler shuts the context down (the executor then raises ExternalShutdownException)
-    and chains to Python's, which raises KeyboardInterrupt wherever the main thread happens to be. At
-    50 Hz that was sometimes inside the executor's ``Task.__init__``, and the half-built task printed
-    a traceback from ``Future.__del__`` at exit. Call before ``rclpy.init`` from the main thread.
+
+class SigintGuard:
+    """Python's SIGINT handler while a node runs: the first SIGINT only lets rclpy shut down (its own
+    handler does that and then calls this one); a SIGINT at least ``REPEAT_SIGINT_S`` later interrupts
+    as Python's default does, for a callback that never returns; during clean-up none does.
+
+    rclpy's handler chains to Python's, whose KeyboardInterrupt landed wherever the main thread was:
+    at 50 Hz once inside the executor's ``Task.__init__``, and the half-built task printed a traceback
+    at exit. ``ros2 launch`` forwards SIGINT to nodes that a terminal's Ctrl-C reached already, so two
+    arrive together: the second must not count as a repeat.
     """
-    requests = []
 
-    def on_sigint(signum: int, frame: object) -> None:
-        requests.append(signum)
-        if len(requests) > 1:
+    def __init__(self) -> None:
+        self.first_at: Optional[float] = None
+        self.cleaning_up = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+        elif not self.cleaning_up and now - self.first_at >= REPEAT_SIGINT_S:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
+
+def graceful_sigint() -> SigintGuard:
+    """Install a ``SigintGuard``; call before ``rclpy.init`` from the main thread."""
+    guard = SigintGuard()
+    signal.signal(signal.SIGINT, guard)
+    return guard
 
 
 def _shuts_down_within(seconds: float) -> bool:
@@ -99,7 +114,7 @@ def spin_node(
     large-data transport is set up first (``transport_environment``), so ``ros2 run`` gets it too.
     """
     os.environ.update(transport_environment(os.environ))
-    graceful_sigint()
+    guard = graceful_sigint()
     rclpy.init(args=args)
     node = node_factory()
     executor = MultiThreadedExecutor(num_threads=num_threads) if num_threads > 1 else SingleThreadedExecutor()
@@ -117,6 +132,7 @@ def spin_node(
         if not _shuts_down_within(SHUTDOWN_RACE_S):
             raise
     finally:
+        guard.cleaning_up = True
         if before_destroy is not None:
             before_destroy(node)
         executor.shutdown()
