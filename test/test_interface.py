@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
 from ros_helpers import spin_until
 from sensor_msgs.msg import Image
 
@@ -106,8 +106,7 @@ def test_a_reader_keeps_its_own_response_when_another_clients_arrives_first_only
     server = rclpy.create_node("interface_responder", context=ros_context)
     client = rclpy.create_node("interface_client", context=ros_context)
     writer = server.create_publisher(InferenceResponse, interface.RESPONSE_TOPIC, qos.INFERENCE_QOS)
-    reader_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=depth,
-                            durability=DurabilityPolicy.VOLATILE)
+    reader_qos = qos.reader_qos(depth)
     received = []
     client.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, lambda m: received.append(m.request_id),
                                reader_qos)

@@ -21,12 +21,19 @@ INFERENCE_QOS = QoSProfile(
 
 READER_DEPTH = 16  # samples of other clients that may arrive between two takes of one reader
 
-READER_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    history=HistoryPolicy.KEEP_LAST,
-    depth=READER_DEPTH,
-    durability=DurabilityPolicy.VOLATILE,
-)
+
+
+def reader_qos(depth: int = READER_DEPTH) -> QoSProfile:
+    """The contract's reader profile at another history depth (measurements compare depths)."""
+    return QoSProfile(
+        reliability=ReliabilityPolicy.RELIABLE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+READER_QOS = reader_qos()
 
 TEXT_CMD_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,

@@ -190,7 +190,6 @@ def run_receiver(clients: int, reader_depth: int) -> None:
     """Subscribe as the server does; answer ``match``/``start``/``stop`` lines on stdin."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile
 
     from vla_inference import qos
     from vla_inference.spec import interface
@@ -199,8 +198,7 @@ def run_receiver(clients: int, reader_depth: int) -> None:
     rclpy.init()
     node = rclpy.create_node("bench_transport_receiver")
     stats = _ReceiverStats()
-    reader = QoSProfile(reliability=qos.READER_QOS.reliability, history=qos.READER_QOS.history, depth=reader_depth,
-                        durability=qos.READER_QOS.durability)
+    reader = qos.reader_qos(reader_depth)
     subscription = node.create_subscription(InferenceRequest, interface.REQUEST_TOPIC, stats.on_request, reader)
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -45,7 +45,6 @@ def run_client(index: int, rate_hz: float, duration_s: float, reader_depth: int,
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
-    from rclpy.qos import QoSProfile
 
     from vla_inference import qos
     from vla_inference.client.vla_client import VlaClient, range_image_msg, rgb_image_msg
@@ -57,14 +56,12 @@ def run_client(index: int, rate_hz: float, duration_s: float, reader_depth: int,
     os.environ.update(transport_environment(os.environ))
     rclpy.init()
     node = Node(f"multi_client_{index}")
-    reader = QoSProfile(reliability=qos.READER_QOS.reliability, history=qos.READER_QOS.history,
-                        depth=reader_depth, durability=qos.READER_QOS.durability)
+    reader = qos.reader_qos(reader_depth)
     client = VlaClient(node, timeout_s=RESULT_TIMEOUT_S, first_request_id=(index + 1) * CLIENT_ID_STRIDE,
                        response_qos=reader)
     seen: Counter = Counter()
     node.create_subscription(InferenceResponse, interface.RESPONSE_TOPIC, lambda msg: seen.update([msg.request_id]),
-                             QoSProfile(reliability=reader.reliability, history=reader.history, depth=1000,
-                                        durability=reader.durability))
+                             qos.reader_qos(1000))
     executor = SingleThreadedExecutor()  # spin_once of a multi-threaded one returns before its callbacks end
     executor.add_node(node)
     stop = threading.Event()
