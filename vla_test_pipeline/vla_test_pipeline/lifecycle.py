@@ -3,7 +3,9 @@
 What launch_ros's ``LifecycleNode`` + ``ChangeState`` events do, for machines without launch_ros:
 ``/<node>/change_state`` and ``/<node>/get_state`` are called with ``call_async`` and awaited with a
 timeout (a service response can be lost, and configure may load a model for a while), while an
-executor owned by the caller spins the node in another thread.
+executor owned by the caller spins the node in another thread. ``get_state`` changes nothing, so it is
+sent again every ``GET_STATE_RESEND_S`` until answered: a request written before the server's readers
+matched ours (a node just started, or a killed one's participant still listed) is never delivered.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.client import Client
 from rclpy.node import Node
 
+GET_STATE_RESEND_S = 2.0
 TRANSITION_LABELS = {Transition.TRANSITION_CONFIGURE: "configure", Transition.TRANSITION_ACTIVATE: "activate",
                      Transition.TRANSITION_DEACTIVATE: "deactivate", Transition.TRANSITION_CLEANUP: "cleanup"}
 
@@ -47,7 +50,7 @@ class LifecycleClient:
 
     def get_state(self, timeout_s: float = 5.0) -> str:
         """The node's current state label (unconfigured, inactive, active, finalized)."""
-        response = self._call(self._get, GetState.Request(), timeout_s, "get_state")
+        response = self._call(self._get, GetState.Request(), timeout_s, "get_state", resend_s=GET_STATE_RESEND_S)
         return response.current_state.label
 
     def change_state(self, transition_id: int, timeout_s: float) -> None:
@@ -73,22 +76,39 @@ class LifecycleClient:
             raise LifecycleError(f"{self.target}: ended in state '{state}', expected 'active'")
         return state
 
-    def _call(self, client: Client, request: Any, timeout_s: float, what: str) -> Any:
+    def _call(self, client: Client, request: Any, timeout_s: float, what: str,
+              resend_s: Optional[float] = None) -> Any:
+        """``resend_s``: send the request again after so long without an answer (only for requests that
+        change nothing); the first answer to any copy is taken."""
         done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
         deadline = time.monotonic() + timeout_s
-        while not done.wait(0.1):
-            reason = self._abort()
-            if reason is not None or time.monotonic() > deadline:
-                future.cancel()
-                client.remove_pending_request(future)
-                if reason is not None:
-                    raise Aborted(f"{self.target}: '{what}' abandoned: {reason}")
-                raise LifecycleError(f"{self.target}: no answer to '{what}' within {timeout_s:g} s")
+        futures = []
+        while True:
+            future = client.call_async(request)
+            future.add_done_callback(lambda _: done.set())
+            futures.append(future)
+            resend_at = time.monotonic() + resend_s if resend_s else float("inf")
+            while not done.wait(0.1) and time.monotonic() < resend_at:
+                reason = self._abort()
+                if reason is not None or time.monotonic() > deadline:
+                    self._forget(client, futures)
+                    if reason is not None:
+                        raise Aborted(f"{self.target}: '{what}' abandoned: {reason}")
+                    raise LifecycleError(f"{self.target}: no answer to '{what}' within {timeout_s:g} s"
+                                         f" ({len(futures)} sent)")
+            if done.is_set():
+                break
+        future = next(f for f in futures if f.done())
+        self._forget(client, [f for f in futures if f is not future])
         if future.exception() is not None:
             raise LifecycleError(f"{self.target}: '{what}' raised {future.exception()!r}")
         return future.result()
+
+    @staticmethod
+    def _forget(client: Client, futures: list) -> None:
+        for future in futures:
+            future.cancel()
+            client.remove_pending_request(future)
 
     def _check_abort(self) -> None:
         reason = self._abort()
