@@ -6,7 +6,10 @@
 The server (vla_inference_node, shipped policy, ONNX Runtime) and each client run as processes of
 their own. A client keeps one request outstanding (``VlaClient``), sends full requests (3 × 224² rgb8
 + a 64 × 1024 range image) at ``total_rate_hz / clients`` with a random phase, and records per
-request the status it got or a timeout (lost). A second reader of its own, deep enough to miss
+request the status it got or a timeout (lost). The 5 Hz limit is the server's, shared by all clients:
+a client refused for the rate waits the ``retry_after_ms`` it was given and sends again while its send
+slot lasts, as ``VlaClient.infer`` does (without that, a client whose phase falls within 1/rate after
+another's is refused every time). A second reader of its own, deep enough to miss
 nothing, counts how often each of its request_ids came back (duplicated when more than once).
 ``--reader-depth`` sets the VlaClient's response reader; the contract topic stays Reliable +
 KeepLast(1) on the server's writer either way.
@@ -79,9 +82,15 @@ def run_client(index: int, rate_hz: float, duration_s: float, reader_depth: int,
     while next_send < end:
         time.sleep(max(0.0, next_send - time.monotonic()))
         next_send = max(next_send + period, time.monotonic())  # a slow answer costs send slots, not the schedule
-        request_id = client.send(images, observation.text, list(observation.state), lidar)
-        result = client.wait(RESULT_TIMEOUT_S)
-        results[request_id] = result.status_name if result is not None else "LOST"
+        while True:
+            request_id = client.send(images, observation.text, list(observation.state), lidar)
+            result = client.wait(RESULT_TIMEOUT_S)
+            results[request_id] = result.status_name if result is not None else "LOST"
+            retry_in = client.seconds_until_allowed()
+            if result is None or result.status_name != "REJECTED_RATE_LIMIT" or \
+                    time.monotonic() + retry_in >= min(next_send, end):
+                break
+            time.sleep(retry_in)  # the server's limit is shared: wait as asked, within this send slot
     time.sleep(1.0)  # late duplicates would arrive now
     own = {request_id: seen[request_id] for request_id in results}
     out.write_text(json.dumps({
