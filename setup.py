@@ -32,6 +32,8 @@ setup(
             "vla-train = vla_inference.lab.train:main",
             "vla-export = vla_inference.model.export:main",
             "vla-plan-memory = vla_inference.lab.memory_plan:main",
+            "vla-build-engines = vla_inference.lab.build_engines:main",
+            "vla-quant-gate = vla_inference.lab.quant_gate:main",
             "vla-bench-transport = vla_inference.lab.bench_transport:main",
             "vla-fuzz = vla_inference.lab.fuzz:main",
         ],

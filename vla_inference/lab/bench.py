@@ -32,7 +32,7 @@ import numpy as np
 
 from vla_inference.runtime.backends import BACKENDS, Backend, create_backend
 from vla_inference.runtime.pipeline import ActionChunk, InferencePipeline
-from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, max_view_rows
 from vla_inference.spec.config import VlaConfig, get_preset
 from vla_inference.spec.manifest import load_manifest, shipped_model_dir
 from vla_inference.spec.observation import Observation
@@ -188,7 +188,9 @@ def make_backend(args: argparse.Namespace) -> Backend:
     model_dir = Path(args.model_dir) if args.model_dir else shipped_model_dir()
     if args.engine_cache_dir:
         options["engine_cache_dir"] = args.engine_cache_dir
-    return create_backend(args.backend, load_manifest(model_dir), num_samples=args.num_samples, **options)
+    manifest = load_manifest(model_dir)
+    view_rows = max_view_rows(args.confidence_views, manifest.config.max_cameras)  # TensorRT's profiles: no reload
+    return create_backend(args.backend, manifest, num_samples=args.num_samples, view_rows=view_rows, **options)
 
 
 def format_table(record: Dict[str, Any]) -> str:

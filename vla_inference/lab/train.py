@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -473,7 +473,7 @@ def ship_model_dir(policy: VlaPolicy, out: Path, training: Dict[str, object], ev
     save_policy(policy, out / WEIGHTS_FILE)
     _log("exporting ONNX engines")
     fp32 = export_engines(policy, out)
-    int8 = quantize_int8(out, fp32)
+    int8, int8_record = quantize_int8(out, fp32, cfg)
     parity_errors = parity(policy, out, fp32)
     _log(f"parity (max abs error): {parity_errors}")
     training.update({
@@ -481,16 +481,18 @@ def ship_model_dir(policy: VlaPolicy, out: Path, training: Dict[str, object], ev
         "parity_max_abs_error": parity_errors,
         "torch": torch.__version__,
     })
-    return record_evaluation(out, cfg, {"fp32": fp32, "int8": int8}, training, eval_scenes, started)
+    return record_evaluation(out, cfg, {"fp32": fp32, "int8": int8}, training, eval_scenes, started,
+                             {"int8": int8_record})
 
 
 def record_evaluation(out: Path, cfg: VlaConfig, engines: Dict[str, Dict[str, str]], training: Dict[str, object],
-                      eval_scenes: int, packaging_started: Optional[float] = None) -> Dict[str, object]:
+                      eval_scenes: int, packaging_started: Optional[float] = None,
+                      quantization: Optional[Dict[str, Mapping[str, object]]] = None) -> Dict[str, object]:
     """Evaluate the engines in ``out`` and write what depends on it: the manifest (with the served
     confidence's keys, ``confidence_scale`` calibrated on real scenes), training.json, eval.json and
     the model card. INT8 stays only if its success is within ``INT8_MAX_SUCCESS_DROP`` of fp32."""
     confidence_keys: Dict[str, object] = {"path_dims": list(PATH_DIMS)}
-    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys)
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys, quantization=quantization)
     report = evaluate_model_dir(out, eval_scenes, DEFAULT_STEPS, progress=lambda m: _log(f"eval: {m}"))
     results = report["results"]
     if "int8" in engines:
@@ -503,7 +505,7 @@ def record_evaluation(out: Path, cfg: VlaConfig, engines: Dict[str, Dict[str, st
     dispersion_p95 = report.get("confidence", {}).get("real_dispersion_p95")  # type: ignore[union-attr]
     if dispersion_p95:
         confidence_keys["confidence_scale"] = max(float(dispersion_p95), 1e-4)
-    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys)
+    write_manifest(out, cfg, engines, weights_file=WEIGHTS_FILE, extra=confidence_keys, quantization=quantization)
 
     if packaging_started is not None:
         training["packaging_seconds"] = time.perf_counter() - packaging_started
@@ -581,9 +583,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.repackage:
             report = ship_model_dir(load_policy(args.out / WEIGHTS_FILE, cfg), args.out, training, args.eval_scenes)
         else:
-            engines = {precision: {name: f.path.name for name, f in files.items()}
-                       for precision, files in load_manifest(args.out, verify_checksums=False).engines.items()}
-            report = record_evaluation(args.out, cfg, engines, training, args.eval_scenes)
+            recorded = load_manifest(args.out, verify_checksums=False).engines
+            engines = {precision: {name: f.path.name for name, f in files.items()} for precision, files in recorded.items()}
+            quantization = {precision: files[VISION].quantization for precision, files in recorded.items()
+                            if files[VISION].quantization}
+            report = record_evaluation(args.out, cfg, engines, training, args.eval_scenes, quantization=quantization)
         return print_summary(args.out, training, report)
 
     settings = TrainSettings(seed=args.seed, layouts=args.layouts, tasks_per_layout=args.tasks_per_layout,

@@ -21,7 +21,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -29,6 +29,7 @@ import torch
 
 from vla_inference.model.pi05 import load_pi05_policy
 from vla_inference.model.policy import VlaPolicy, build_policy, load_policy, save_policy
+from vla_inference.model.quantize import qdq_record, quantize_qdq
 from vla_inference.spec.config import VlaConfig, get_preset
 from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, EngineSpec, engine_specs
 from vla_inference.spec.lerobot_checkpoint import read_checkpoint
@@ -117,7 +118,7 @@ def export_engines(policy: VlaPolicy, out_dir: Path, suffix: str = ".onnx", opse
 
 def export_model_dir(policy: VlaPolicy, cfg: VlaConfig, out_dir: Path, save_weights: bool = True,
                      int8: bool = False, extra: Optional[Mapping[str, object]] = None) -> Path:
-    """Write the fp32 engines (and INT8 ones if asked), the weights and ``manifest.json``.
+    """Write the fp32 engines (and INT8 Q/DQ ones if asked), the weights and ``manifest.json``.
 
     Returns the manifest path. Works with random weights: the quick way to get a model directory.
     """
@@ -127,58 +128,25 @@ def export_model_dir(policy: VlaPolicy, cfg: VlaConfig, out_dir: Path, save_weig
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_files = export_engines(policy, out_dir)
     engines: Dict[str, Mapping[str, str]] = {"fp32": fp32_files}
+    quantization: Dict[str, Mapping[str, object]] = {}
     if int8:
-        engines["int8"] = quantize_int8(out_dir, fp32_files)
+        engines["int8"], quantization["int8"] = quantize_int8(out_dir, fp32_files, cfg)
     weights = None
     if save_weights:
         save_policy(policy, out_dir / WEIGHTS_FILE)
         weights = WEIGHTS_FILE
-    return write_manifest(out_dir, cfg, engines, weights_file=weights, extra=extra)
+    return write_manifest(out_dir, cfg, engines, weights_file=weights, extra=extra, quantization=quantization)
 
 
-def prefix_backbone_nodes(model: onnx.ModelProto, source: str = "text_tokens") -> List[str]:
-    """MatMul/Gemm nodes downstream of ``source``: in the vision engine, the prefix backbone that
-    produces the keys/values (the ViT and the modality embeddings are upstream of the text)."""
-    reached = {source}
-    names = []
-    for node in model.graph.node:  # ONNX graphs are topologically sorted
-        if any(i in reached for i in node.input):
-            reached.update(node.output)
-            if node.op_type in ("MatMul", "Gemm"):
-                names.append(node.name)
-    return names
-
-
-def quantize_int8(out_dir: Path, files: Mapping[str, str]) -> Dict[str, str]:
-    """ONNX Runtime dynamic INT8 (per-channel int8 weights, activations quantised at run time).
-
-    The whole action expert and the vision engine's ViT and modality embeddings are quantised; the
-    prefix backbone's matrix products stay fp32: the keys/values they produce set the end point of
-    the chunk, and quantising them cost the shipped policy about 6 points of task success.
-
-    Weights use 7 bits (``reduce_range``). ONNX Runtime multiplies u8 activations by s8 weights; on
-    an x86 CPU without VNNI (AVX2 only) its kernel adds pairs of those products in int16, which
-    saturates with full-range weights: the shipped policy's INT8 engines with 8-bit weights reached
-    92.0 % success on a Zen 5 CPU (AVX512-VNNI) and 59.0 % on a Zen 3 (AVX2), where fp32 gives 92.5 %
-    on both; with 7-bit weights 92.5 % on the Zen 3.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out_dir = Path(out_dir)
-    quantized = {}
-    for name, filename in files.items():
-        target = filename.replace(".onnx", ".int8.onnx")
-        source = out_dir / filename
-        keep_fp32 = prefix_backbone_nodes(onnx.load(str(source))) if name == VISION else []
-        quantize_dynamic(source, out_dir / target, weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, nodes_to_exclude=keep_fp32)
-        onnx.checker.check_model(onnx.load(str(out_dir / target)))
-        quantized[name] = target
-    return quantized
+def quantize_int8(out_dir: Path, files: Mapping[str, str], cfg: VlaConfig) -> Tuple[Dict[str, str], Dict[str, object]]:
+    """INT8 Q/DQ engines beside ``files`` (``model.quantize``, calibrated on synthetic scenes), and
+    the manifest's ``quantization`` record for them."""
+    result = quantize_qdq(out_dir, files, cfg, "int8")
+    return result.files, qdq_record("int8", result)
 
 
 def export_lerobot_checkpoint(checkpoint_dir: Path, out_dir: Path, vision_num_heads: Optional[int] = None,
-                              tokenizer_path: Optional[Path] = None, int8: bool = False) -> Path:
+                              tokenizer_path: Optional[Path] = None) -> Path:
     """Export a LeRobot pi0.5 checkpoint's engines; the manifest records its ``policy_io`` and the
     tokenizer is copied beside the engines (with the JSON files that name its special tokens)."""
     checkpoint = read_checkpoint(checkpoint_dir, vision_num_heads, tokenizer_path)
@@ -187,8 +155,6 @@ def export_lerobot_checkpoint(checkpoint_dir: Path, out_dir: Path, vision_num_he
     policy = load_pi05_policy(checkpoint)
     files = export_engines(policy, out_dir)
     engines: Dict[str, Mapping[str, str]] = {"fp32": files}
-    if int8:
-        engines["int8"] = quantize_int8(out_dir, files)
     assert checkpoint.io.tokenizer_file is not None
     source = Path(checkpoint.io.tokenizer_file)
     source = source if source.is_absolute() else checkpoint.model_dir / source
@@ -213,7 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--preset", default="tiny", help="config preset (ignored with --weights' manifest)")
     parser.add_argument("--weights", type=Path, help="policy.safetensors to export (default: random weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--int8", action="store_true", help="also write ONNX Runtime dynamic-INT8 engines")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write INT8 Q/DQ engines, calibrated on synthetic scenes (this project's policies)")
     parser.add_argument("--lerobot", type=Path, help="a LeRobot pi0.5 checkpoint directory to export")
     parser.add_argument("--vision-num-heads", type=int, help="--lerobot: SigLIP heads, when not So400m's 72-wide ones")
     parser.add_argument("--tokenizer", type=Path, help="--lerobot: tokenizer file when the checkpoint has none")
@@ -221,7 +188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.lerobot is not None:
-        manifest = export_lerobot_checkpoint(args.lerobot, args.out, args.vision_num_heads, args.tokenizer, args.int8)
+        if args.int8:  # its calibration scenes would need the pi0.5 prompt and state encoding
+            parser.error("--int8 calibrates on this project's synthetic scenes; it does not apply to --lerobot")
+        manifest = export_lerobot_checkpoint(args.lerobot, args.out, args.vision_num_heads, args.tokenizer)
         print(f"wrote {manifest}")
         return 0
     cfg = get_preset(args.preset)

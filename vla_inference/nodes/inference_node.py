@@ -14,6 +14,7 @@ those answers are not silently swallowed.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 from pathlib import Path
@@ -30,9 +31,10 @@ from vla_inference import qos
 from vla_inference.nodes.diagnostics import diagnostic_array
 from vla_inference.nodes.entry_point import spin_node
 from vla_inference.nodes.parameters import declare
+from vla_inference.nodes.python_logging import PACKAGE_LOGGER, forward_package_logging
 from vla_inference.runtime.backends.base import BackendUnavailableError
 from vla_inference.runtime.pipeline import InferencePipeline
-from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS
+from vla_inference.runtime.sample_views import CONFIDENCE_VIEWS, max_view_rows
 from vla_inference.serving.inference_server import InferenceServer, Reply, ReplyFn, ServerSettings, Status
 from vla_inference.serving.request_validator import RequestPayload, RequestValidator, ValidationLimits
 from vla_inference.spec import interface
@@ -55,6 +57,7 @@ SERVICE_TIMEOUT_S = 60.0
 class InferenceNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("vla_inference_node", **kwargs)
+        self._log_handler = forward_package_logging(self.get_logger())
         self._declare_parameters()
         self._server: Optional[InferenceServer] = None
         self._pipeline: Optional[InferencePipeline] = None
@@ -90,7 +93,8 @@ class InferenceNode(LifecycleNode):
                 + unconfigured)
         declare(self, "device", "auto", "auto (tensorrt: cuda; torch: cuda when a GPU is visible; onnxruntime: cpu), "
                 "cpu or cuda." + unconfigured, choices=("auto", "cpu", "cuda"))
-        declare(self, "engine_cache_dir", "", "TensorRT plan cache; empty = <model_dir>/trt_cache." + unconfigured)
+        declare(self, "engine_cache_dir", "", "TensorRT plan cache (vla-build-engines fills it ahead of time); empty = "
+                "$ROS_HOME/vla_inference/engines, or ~/.cache/vla_inference/engines without ROS_HOME." + unconfigured)
         declare(self, "intra_op_threads", 2, "ONNX Runtime intra-op threads." + unconfigured, int_range=(1, 64))
         declare(self, "torch_fast_path", True, "torch on cuda: serve this project's policies through the fused fast "
                 "path (checked against the policy at configure; off = the policy as written)." + unconfigured)
@@ -218,6 +222,8 @@ class InferenceNode(LifecycleNode):
             **placement,
             intra_op_threads=int(self._param("intra_op_threads")),
             engine_cache_dir=self._param("engine_cache_dir") or None,
+            num_samples=int(self._param("num_samples")),  # TensorRT builds its profiles for the served
+            view_rows=max_view_rows(self._param("confidence_views"), manifest.config.max_cameras),  # batch
             **torch_options,
         )
         return InferencePipeline(
@@ -275,6 +281,10 @@ class InferenceNode(LifecycleNode):
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None
+
+    def destroy_node(self) -> None:
+        logging.getLogger(PACKAGE_LOGGER).removeHandler(self._log_handler)
+        super().destroy_node()
 
     # -- requests ------------------------------------------------------------------------------
     def _on_request(self, msg: InferenceRequest) -> None:

@@ -182,6 +182,9 @@ class InferencePipeline:
         dir_kwargs = {k: v for k, v in kwargs.items() if k in dir_keys}
         backend_kwargs = {k: v for k, v in kwargs.items() if k not in pipeline_keys | dir_keys}
         manifest = open_model_dir(Path(model_dir), **dir_kwargs)
+        views = pipeline_kwargs.get("confidence_views", "cameras")
+        backend_kwargs.setdefault("num_samples", pipeline_kwargs.get("num_samples", 4))  # TensorRT builds for them
+        backend_kwargs.setdefault("view_rows", max_view_rows(views, manifest.config.max_cameras))
         runner = create_backend(backend, manifest, precision=precision, **backend_kwargs)
         return cls(runner, owns_backend=True, **pipeline_kwargs)
 

@@ -6,11 +6,17 @@ A model directory holds ``manifest.json`` next to its engine files, for example:
       manifest.json
       policy.safetensors          (PyTorch weights; training/export only)
       vision.onnx, action_expert.onnx                 (precision "fp32")
-      vision.int8.onnx, action_expert.int8.onnx       (precision "int8")
+      vision.int8.onnx, action_expert.int8.onnx       (precision "int8": static INT8 Q/DQ)
 
 Loading checks every listed file against its size and SHA-256, and the recorded I/O against the
 spec derived from the recorded config, so a stale or corrupt file is named before any backend
 touches it.
+
+Each engine record carries a version string (``engine_version``: preset, engine, precision and the
+file's hash), which plan caches and logs quote, and, for a quantised precision, a ``quantization``
+record: ``{"format": "qdq", "type": "int8" | "float8e4m3fn", ...}`` for explicit Q/DQ graphs that
+ONNX Runtime and TensorRT both run. TensorRT builds INT8/FP8 only from such a record
+(``Manifest.qdq_precision``).
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from vla_inference.spec.engine_spec import ENGINES, EngineSpec, TensorSpec, engi
 MANIFEST_NAME = "manifest.json"
 SHIPPED_MODEL = "tiny"
 FORMAT_VERSION = 1
+QDQ_FORMAT = "qdq"
+QDQ_TYPES = {"int8": "int8", "fp8": "float8e4m3fn"}  # precision -> the Q/DQ nodes' quantized type
 
 
 class ModelDirError(RuntimeError):
@@ -61,14 +69,21 @@ def _file_entry(model_dir: Path, filename: str) -> Dict[str, object]:
     return {"file": filename, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
+def engine_version(preset: str, engine: str, precision: str, sha256: str) -> str:
+    """The version string an engine file carries: what it is, and which bytes."""
+    return f"{preset}/{engine}/{precision}@{sha256[:12]}"
+
+
 def write_manifest(
     model_dir: Path,
     cfg: VlaConfig,
     engines: Mapping[str, Mapping[str, str]],
     weights_file: Optional[str] = None,
     extra: Optional[Mapping[str, object]] = None,
+    quantization: Optional[Mapping[str, Mapping[str, object]]] = None,
 ) -> Path:
-    """Record ``engines`` ({precision: {engine name: file name}}) with checksums and I/O specs."""
+    """Record ``engines`` ({precision: {engine name: file name}}) with checksums, I/O specs and
+    version strings; ``quantization`` ({precision: record}) marks how a precision's files were made."""
     model_dir = Path(model_dir)
     specs = engine_specs(cfg)
     data: Dict[str, object] = {
@@ -83,6 +98,9 @@ def write_manifest(
         entry = {}
         for name, filename in files.items():
             record = _file_entry(model_dir, filename)
+            record["version"] = engine_version(cfg.preset, name, precision, str(record["sha256"]))
+            if quantization and precision in quantization:
+                record["quantization"] = dict(quantization[precision])
             record["inputs"] = [t.to_dict() for t in specs[name].inputs]
             record["outputs"] = [t.to_dict() for t in specs[name].outputs]
             entry[name] = record
@@ -101,6 +119,13 @@ class EngineFile:
     path: Path
     spec: EngineSpec
     sha256: str
+    version: str = ""
+    quantization: Optional[Mapping[str, object]] = None
+
+    def is_qdq(self, precision: str) -> bool:
+        """An explicit Q/DQ graph of ``precision``'s quantized type (what TensorRT builds INT8/FP8 from)."""
+        q = self.quantization or {}
+        return q.get("format") == QDQ_FORMAT and q.get("type") == QDQ_TYPES.get(precision)
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,11 @@ class Manifest:
                 f"{self.model_dir / MANIFEST_NAME}: no precision {precision!r}; available {list(self.engines)}"
             )
         return self.engines[precision][name]
+
+    def qdq_precision(self, precision: str) -> bool:
+        """Whether the manifest lists explicit Q/DQ engines (both of them) for ``precision``."""
+        files = self.engines.get(precision, {})
+        return bool(files) and all(f.is_qdq(precision) for f in files.values())
 
     @property
     def weights_path(self) -> Optional[Path]:
@@ -161,7 +191,9 @@ def load_manifest(model_dir: Path, verify_checksums: bool = True) -> Manifest:
                 raise ModelDirError(f"{file_path}: size {size} bytes, manifest says {record['bytes']}")
             if verify_checksums and sha256_of(file_path) != record["sha256"]:
                 raise ModelDirError(f"{file_path}: SHA-256 differs from the manifest (corrupt or replaced file)")
-            engines[precision][name] = EngineFile(file_path, specs[name], record["sha256"])
+            recorded_version = record.get("version") or engine_version(cfg.preset, name, precision, record["sha256"])
+            engines[precision][name] = EngineFile(file_path, specs[name], record["sha256"], recorded_version,
+                                                  record.get("quantization"))
     if not engines:
         raise ModelDirError(f"{path}: lists no engines")
     _check_confidence_keys(path, raw, cfg)

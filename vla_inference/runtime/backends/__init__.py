@@ -6,9 +6,10 @@ with ONNX Runtime; asking for a backend whose runtime is missing raises
 
 Callers that configure any backend from one parameter set (the inference node) may pass the
 common options ``COMMON_OPTIONS`` to every backend: a backend that has no use for one (ONNX
-Runtime and ``engine_cache_dir``, TensorRT and ``intra_op_threads``; ``num_samples`` only
-matters to TensorRT, which builds its batch profiles for it) ignores it. Any other
-option the backend does not take is an error.
+Runtime and ``engine_cache_dir``, TensorRT and ``intra_op_threads``; ``num_samples`` and
+``view_rows`` only matter to TensorRT, which builds its optimization profiles for them, so passing
+the served values at creation spares a reload in ``prepare``) ignores it. Any other option the
+backend does not take is an error.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ _REGISTRY: Dict[str, Tuple[str, str, str]] = {
     "torch": ("vla_inference.runtime.backends.torch_backend", "TorchBackend", "PyTorch (`torch`)"),
 }
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir", "num_samples"})
+COMMON_OPTIONS = frozenset({"precision", "device", "intra_op_threads", "engine_cache_dir", "num_samples", "view_rows"})
 LOG = logging.getLogger(__name__)
 
 

@@ -24,6 +24,7 @@ else:
     IMPORT_ERROR = None
 
 STREAM_NON_BLOCKING = 0x01  # cudaStreamNonBlocking
+EVENT_BLOCKING_SYNC = 0x01  # cudaEventBlockingSync
 EVENT_DISABLE_TIMING = 0x02  # cudaEventDisableTiming
 
 
@@ -80,8 +81,12 @@ class Stream:
 
 
 class Event:
-    def __init__(self) -> None:
-        self.handle = check(CUDART.cudaEventCreateWithFlags(EVENT_DISABLE_TIMING), "cudaEventCreateWithFlags")
+    """A fence between streams and the host. ``blocking``: ``synchronize`` sleeps until the event
+    completes instead of spinning a CPU core (what a Jetson's few cores and the other stage need)."""
+
+    def __init__(self, blocking: bool = True) -> None:
+        flags = EVENT_DISABLE_TIMING | (EVENT_BLOCKING_SYNC if blocking else 0)
+        self.handle = check(CUDART.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
 
     def record(self, stream: Stream) -> None:
         check(CUDART.cudaEventRecord(self.handle, stream.handle), "cudaEventRecord")

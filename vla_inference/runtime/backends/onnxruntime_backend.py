@@ -18,6 +18,14 @@ run of the per-step graph cannot spread its small operators over two cores, two 
 2-core Zen 3 (AVX2) these numbers were taken on, 10 steps for K=4: one run 47.2 ms, two runs of
 two samples 30.0 ms, one run on two intra-op threads 43.8 ms (medians of 12 interleaved trials).
 Each sample's arithmetic is its own, so slicing changes results by float rounding at most.
+
+Q/DQ engines (the manifest's ``quantization`` record) load with common-subexpression elimination
+off: it merges the identical DequantizeLinear nodes in front of projections that share an input
+(the expert's query/key/value), and a shared DQ blocks the fusion into an integer MatMul, leaving
+15 of the tiny expert's 32 quantized products as float MatMuls on dequantized weights. FP8 Q/DQ
+engines load with basic graph optimizations only: ONNX Runtime's CPU has no FP8 arithmetic and runs
+them as Q -> DQ -> fp32 (a simulation of FP8's rounding), exactly so at the basic level, while its
+extended Q/DQ fusions (1.32) turn a two-layer FP8 graph's output 100 % off.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import numpy as np
 
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
 from vla_inference.spec.engine_spec import ACTION_EXPERT
-from vla_inference.spec.manifest import Manifest, ModelDirError
+from vla_inference.spec.manifest import QDQ_FORMAT, QDQ_TYPES, Manifest, ModelDirError
 
 try:
     import onnxruntime as ort
@@ -42,6 +50,8 @@ else:
 LOG = logging.getLogger(__name__)
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "bool": "tensor(bool)"}
+# Session config entry that keeps CSE from merging the DQ nodes of a Q/DQ graph (module docstring).
+QDQ_SESSION_CONFIG = ("optimization.disable_specified_optimizers", "CommonSubexpressionElimination")
 DEVICES = ("cpu", "cuda")
 
 
@@ -73,7 +83,11 @@ class OnnxRuntimeBackend(Backend):
                 f"available providers: {ort.get_available_providers()}",
             )
         super().__init__(manifest, precision)
-        self.engine_paths = {name: f.path for name, f in self.engine_files().items()}
+        files = self.engine_files()
+        self.engine_paths = {name: f.path for name, f in files.items()}
+        self._qdq = {name: (f.quantization or {}).get("format") == QDQ_FORMAT for name, f in files.items()}
+        self._float8 = {name: self._qdq[name] and (f.quantization or {}).get("type") == QDQ_TYPES["fp8"]
+                        for name, f in files.items()}
         self._device = device
         self.intra_op_threads = intra_op_threads
         self.expert_intra_op_threads = expert_intra_op_threads
@@ -98,8 +112,11 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if self._float8[engine_name]
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        if self._qdq[engine_name]:
+            options.add_session_config_entry(*QDQ_SESSION_CONFIG)
         options.log_severity_level = 3
         return options
 
