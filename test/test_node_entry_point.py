@@ -1,6 +1,7 @@
 """``spin_node``, the entry point of every node, in a real process with a real executor."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,14 +50,59 @@ def test_a_subscription_destroyed_while_the_executor_collects_it_does_not_kill_t
     assert int(done.stdout.split("churned")[1].split()[0]) >= 3
 
 
-def test_transport_environment_adds_the_large_data_profile_unless_one_is_chosen():
-    from vla_inference.nodes.entry_point import FASTDDS_PROFILE_VARIABLE, transport_environment
+def test_transport_environment_adds_the_large_data_profile_under_both_names_unless_one_is_chosen():
+    from vla_inference.nodes.entry_point import PROFILE_VARIABLES, transport_environment
 
     added = transport_environment({})
-    profile = Path(added[FASTDDS_PROFILE_VARIABLE])
+    assert set(added) == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"} == set(PROFILE_VARIABLES)
+    profile = Path(added["FASTDDS_DEFAULT_PROFILES_FILE"])
+    assert added["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(profile)
     assert profile.name == "fastdds_large_data.xml" and "<segment_size>" in profile.read_text()
-    assert transport_environment({FASTDDS_PROFILE_VARIABLE: "/mine.xml"}) == {}
+    for name in PROFILE_VARIABLES:
+        assert transport_environment({name: "/mine.xml"}) == {}
     assert transport_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+
+
+LEASE_PROBE = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    import rclpy
+    from std_msgs.msg import String
+
+    if sys.argv[1] == "victim":
+        rclpy.init()
+        node = rclpy.create_node("lease_victim")
+        node.create_publisher(String, "/lease_probe", 10)
+        while True:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    from vla_inference.nodes.entry_point import transport_environment
+    os.environ.update(transport_environment(os.environ))
+    rclpy.init()
+    node = rclpy.create_node("lease_watcher")
+    sub = node.create_subscription(String, "/lease_probe", lambda msg: None, 10)
+    victim = subprocess.Popen([sys.executable, "-c", sys.argv[2], "victim", ""], env=dict(os.environ))
+    deadline = time.monotonic() + 30.0
+    while sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    assert sub.get_publisher_count() == 1, "the victim was never discovered"
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    while sub.get_publisher_count() > 0 and time.monotonic() - killed < 25.0:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print(f"GONE_AFTER={time.monotonic() - killed:.2f}", flush=True)
+    victim.wait()
+""")
+
+
+def test_the_profiles_lease_takes_effect_a_killed_process_leaves_the_graph_within_seconds_not_twenty():
+    """What the variable is for, on this ROS 2 line's Fast DDS: a SIGKILLed participant is dropped after the
+    profile's 3 s lease, where Fast DDS's default keeps it for 20 s (so a client saw a dead server)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTDDS_DEFAULT_PROFILES_FILE",
+                                                            "FASTRTPS_DEFAULT_PROFILES_FILE")}
+    done = subprocess.run([sys.executable, "-c", LEASE_PROBE, "watcher", LEASE_PROBE], capture_output=True, text=True,
+                          timeout=90, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    gone_after = float(done.stdout.split("GONE_AFTER=")[1].split()[0])
+    assert gone_after < 10.0, f"the killed participant stayed {gone_after:.1f} s: the profile's lease was not applied"
 
 
 def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
@@ -76,7 +122,7 @@ def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
         except KeyboardInterrupt:
             pass
         """)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROFILE="))
     assert line.endswith("fastdds_large_data.xml"), done.stdout + done.stderr

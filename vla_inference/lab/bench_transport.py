@@ -45,7 +45,6 @@ from vla_inference.qos import READER_DEPTH
 LOG = logging.getLogger("vla_inference.lab.bench_transport")
 MODULE = "vla_inference.lab.bench_transport"
 TRANSPORTS = ("package", "default")
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3 and 2 names
 ID_STRIDE = 10_000_000          # client i publishes request ids (i + 1) * ID_STRIDE + k
 START_TIMEOUT_S = 90.0          # process start (imports on a busy 2-core host) + discovery
 MATCH_TIMEOUT_S = 30.0
@@ -127,7 +126,7 @@ def serialized_bytes(payload: Payload) -> int:
 # -- environment -------------------------------------------------------------------------------------
 def transport_env(transport: str, base: Mapping[str, str]) -> Dict[str, str]:
     """The child processes' environment: ``default`` has no profile file, ``package`` the package's."""
-    from vla_inference.nodes.entry_point import transport_environment
+    from vla_inference.nodes.entry_point import PROFILE_VARIABLES, transport_environment
 
     if transport not in TRANSPORTS:
         raise ValueError(f"transport: expected one of {TRANSPORTS}, received {transport!r}")
@@ -430,6 +429,8 @@ def run(transports: Sequence[str], sizes: Sequence[int], rates: Sequence[float],
         duration_s: float, aligned: bool = False, domain_id: Optional[int] = None,
         reader_depth: int = READER_DEPTH) -> Dict[str, Any]:
     """Every cell of the matrix, transport by transport; the JSON record."""
+    from vla_inference.nodes.entry_point import PROFILE_VARIABLES
+
     base = dict(os.environ)
     if domain_id is not None:
         base["ROS_DOMAIN_ID"] = str(domain_id)

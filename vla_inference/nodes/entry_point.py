@@ -13,7 +13,9 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 
 SHUTDOWN_RACE_S = 1.0
-FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3 (Kilted) reads this name only
+FASTRTPS_PROFILE_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2 (Jazzy) reads this name only
+PROFILE_VARIABLES = (FASTDDS_PROFILE_VARIABLE, FASTRTPS_PROFILE_VARIABLE)
 LARGE_DATA_PROFILE = "fastdds_large_data.xml"
 
 
@@ -32,13 +34,15 @@ def large_data_profile() -> Optional[Path]:
 def transport_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     """What a node process adds to its environment before rclpy starts Fast DDS: the large-data profile
     (a request of three camera images and a range image is ~700 KB, above the default 512 KB
-    shared-memory segment: with the default transport such messages were lost at 10 Hz). A profile
-    the user chose, or another RMW, is left alone."""
+    shared-memory segment: with the default transport such messages were lost at 10 Hz). Both
+    names of the variable are set, as each Fast DDS major version reads only its own: with only the
+    Fast DDS 3 name, Jazzy ran on the defaults (a killed server stayed in the graph for 20 s, not 3).
+    A profile the user chose under either name, or another RMW, is left alone."""
     rmw = environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     profile = large_data_profile()
-    if environ.get(FASTDDS_PROFILE_VARIABLE) or rmw != "rmw_fastrtps_cpp" or profile is None:
+    if any(environ.get(name) for name in PROFILE_VARIABLES) or rmw != "rmw_fastrtps_cpp" or profile is None:
         return {}
-    return {FASTDDS_PROFILE_VARIABLE: str(profile)}
+    return {name: str(profile) for name in PROFILE_VARIABLES}
 
 
 REPEAT_SIGINT_S = 2.0
