@@ -4,6 +4,7 @@ import json
 import pytest
 
 from vla_inference.lab import bench_transport
+from vla_inference.nodes.entry_point import profile_variable
 
 
 @pytest.mark.parametrize("size_kb", [400, 700, 1100])
@@ -27,9 +28,10 @@ def test_delivery_counts_distinct_ids_per_client_and_keeps_strays_apart():
 
 
 def test_default_transport_drops_the_profile_and_package_sets_it():
-    base = {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in bench_transport.transport_env("default", base)
-    package = bench_transport.transport_env("package", base)["FASTDDS_DEFAULT_PROFILES_FILE"]
+    variable = profile_variable()
+    base = {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", variable: "/mine.xml"}
+    assert variable not in bench_transport.transport_env("default", base)
+    package = bench_transport.transport_env("package", base)[variable]
     assert package.endswith("fastdds_large_data.xml")
 
 
@@ -42,7 +44,7 @@ def test_a_short_real_run_delivers_and_records_consistent_counts(tmp_path, capsy
     record = json.loads((tmp_path / "bench_transport.json").read_text())
     assert (tmp_path / "bench_transport.png").stat().st_size > 0
     assert set(record) >= {"config", "environment", "payloads", "host", "cells", "all_pass"}
-    assert record["environment"]["package"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_large_data.xml")
+    assert record["environment"]["package"][profile_variable()].endswith("fastdds_large_data.xml")
     assert 650_000 < record["payloads"]["700"]["serialized_bytes"] < 750_000
     assert [(c["transport"], c["size_kb"], c["rate_hz"], c["clients"]) for c in record["cells"]] == [
         ("package", 700, 5.0, 1), ("package", 700, 5.0, 3)]

@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 CHURN = textwrap.dedent("""
     import sys, time
     import rclpy
@@ -50,17 +52,32 @@ def test_a_subscription_destroyed_while_the_executor_collects_it_does_not_kill_t
     assert int(done.stdout.split("churned")[1].split()[0]) >= 3
 
 
-def test_transport_environment_adds_the_large_data_profile_under_both_names_unless_one_is_chosen():
-    from vla_inference.nodes.entry_point import PROFILE_VARIABLES, transport_environment
+def test_transport_environment_adds_the_large_data_profile_under_this_lines_name_unless_one_is_chosen():
+    from vla_inference.nodes.entry_point import PROFILE_VARIABLES, profile_variable, transport_environment
 
     added = transport_environment({})
-    assert set(added) == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"} == set(PROFILE_VARIABLES)
-    profile = Path(added["FASTDDS_DEFAULT_PROFILES_FILE"])
-    assert added["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(profile)
+    assert list(added) == [profile_variable()] and profile_variable() in PROFILE_VARIABLES
+    profile = Path(added[profile_variable()])
     assert profile.name == "fastdds_large_data.xml" and "<segment_size>" in profile.read_text()
     for name in PROFILE_VARIABLES:
         assert transport_environment({name: "/mine.xml"}) == {}
     assert transport_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+
+
+@pytest.mark.parametrize("rmw_version, expected", [("6.2.7", "FASTRTPS_DEFAULT_PROFILES_FILE"),   # Humble
+                                                    ("8.4.3", "FASTRTPS_DEFAULT_PROFILES_FILE"),   # Jazzy
+                                                    ("9.3.3", "FASTDDS_DEFAULT_PROFILES_FILE"),    # Kilted
+                                                    ("10.1.0", "FASTDDS_DEFAULT_PROFILES_FILE")])  # Rolling
+def test_profile_variable_follows_the_installed_rmw_fastrtps_cpp(tmp_path, monkeypatch, rmw_version, expected):
+    from vla_inference.nodes.entry_point import profile_variable
+
+    (tmp_path / "share/ament_index/resource_index/packages").mkdir(parents=True)
+    (tmp_path / "share/ament_index/resource_index/packages/rmw_fastrtps_cpp").write_text("")
+    (tmp_path / "share/rmw_fastrtps_cpp").mkdir(parents=True)
+    (tmp_path / "share/rmw_fastrtps_cpp/package.xml").write_text(
+        f"<package format='3'><name>rmw_fastrtps_cpp</name><version>{rmw_version}</version></package>")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    assert profile_variable() == expected
 
 
 LEASE_PROBE = textwrap.dedent("""
@@ -114,7 +131,8 @@ def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
         class Report(Node):
             def __init__(self):
                 super().__init__("transport_report")
-                print("PROFILE=" + os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""), flush=True)
+                from vla_inference.nodes.entry_point import profile_variable
+                print("PROFILE=" + os.environ.get(profile_variable(), ""), flush=True)
                 raise KeyboardInterrupt  # one look is enough
 
         try:
@@ -122,10 +140,12 @@ def test_a_node_started_through_spin_node_runs_with_the_large_data_profile():
         except KeyboardInterrupt:
             pass
         """)
-    env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTDDS_DEFAULT_PROFILES_FILE",
+                                                            "FASTRTPS_DEFAULT_PROFILES_FILE")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROFILE="))
     assert line.endswith("fastdds_large_data.xml"), done.stdout + done.stderr
+    assert "XMLPARSER" not in done.stdout + done.stderr, done.stderr[-2000:]  # loaded once, without errors
 
 
 BUSY = textwrap.dedent("""

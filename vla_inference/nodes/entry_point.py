@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,9 +14,10 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 
 SHUTDOWN_RACE_S = 1.0
-FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3 (Kilted) reads this name only
-FASTRTPS_PROFILE_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2 (Jazzy) reads this name only
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3 (Kilted, Rolling)
+FASTRTPS_PROFILE_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2 (Humble, Jazzy)
 PROFILE_VARIABLES = (FASTDDS_PROFILE_VARIABLE, FASTRTPS_PROFILE_VARIABLE)
+FAST_DDS_3_RMW_MAJOR = 9  # rmw_fastrtps_cpp 9.x (Kilted) is the first on Fast DDS 3
 LARGE_DATA_PROFILE = "fastdds_large_data.xml"
 
 
@@ -31,18 +33,33 @@ def large_data_profile() -> Optional[Path]:
     return next((path for path in (installed, source) if path is not None and path.is_file()), None)
 
 
+def profile_variable() -> str:
+    """The variable this ROS 2 line's Fast DDS reads its profile file from, told by rmw_fastrtps_cpp's
+    version. Fast DDS 2 ignores the Fast DDS 3 name (Jazzy then ran on the defaults); on Kilted the
+    rmw also loads the old name, so setting both loads the profile twice, which Fast DDS refuses."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        manifest = Path(get_package_share_directory("rmw_fastrtps_cpp")) / "package.xml"
+        found = re.search(r"<version>\s*(\d+)\.", manifest.read_text())
+    except (ImportError, PackageNotFoundError, OSError):
+        found = None
+    if found is not None and int(found.group(1)) < FAST_DDS_3_RMW_MAJOR:
+        return FASTRTPS_PROFILE_VARIABLE
+    return FASTDDS_PROFILE_VARIABLE
+
+
 def transport_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     """What a node process adds to its environment before rclpy starts Fast DDS: the large-data profile
     (a request of three camera images and a range image is ~700 KB, above the default 512 KB
-    shared-memory segment: with the default transport such messages were lost at 10 Hz). Both
-    names of the variable are set, as each Fast DDS major version reads only its own: with only the
-    Fast DDS 3 name, Jazzy ran on the defaults (a killed server stayed in the graph for 20 s, not 3).
-    A profile the user chose under either name, or another RMW, is left alone."""
+    shared-memory segment: with the default transport such messages were lost at 10 Hz), under the
+    name this line's Fast DDS reads (``profile_variable``). A profile the user chose under either
+    name, or another RMW, is left alone."""
     rmw = environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     profile = large_data_profile()
     if any(environ.get(name) for name in PROFILE_VARIABLES) or rmw != "rmw_fastrtps_cpp" or profile is None:
         return {}
-    return {name: str(profile) for name in PROFILE_VARIABLES}
+    return {profile_variable(): str(profile)}
 
 
 REPEAT_SIGINT_S = 2.0
