@@ -6,13 +6,13 @@ record is ``docs/benchmarks/quant_gate_tiny_int8.json``.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
+from test_runtime_support import copy_fp32_engines
 
 from vla_inference.lab.chunk_numerics import path_errors
 from vla_inference.lab.evaluate import build_eval_set, score
@@ -39,11 +39,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory):
     """The shipped policy's fp32 engines, quantised to INT8 Q/DQ in a scratch model directory."""
     manifest = load_manifest(MODEL_DIR)
     out = tmp_path_factory.mktemp("qdq")
-    fp32 = {}
-    for name in ENGINES:
-        source = manifest.engine("fp32", name).path
-        shutil.copyfile(source, out / source.name)
-        fp32[name] = source.name
+    fp32 = copy_fp32_engines(manifest, out)
     calibration = calibration_feeds(manifest.config, out, fp32, CALIBRATION)
     result = quantize_qdq(out, fp32, manifest.config, "int8", calibration)
     write_manifest(out, manifest.config, {"fp32": fp32, "int8": result.files},
@@ -173,11 +169,7 @@ def test_the_gate_allows_three_points_in_every_measure() -> None:
 def test_shipping_adds_the_precision_and_keeps_the_rest_of_the_manifest(quantized, tmp_path: Path) -> None:
     manifest, result, _ = quantized
     shipped = load_manifest(MODEL_DIR)
-    fp32 = {}
-    for name in ENGINES:
-        source = shipped.engine("fp32", name).path
-        shutil.copyfile(source, tmp_path / source.name)
-        fp32[name] = source.name
+    fp32 = copy_fp32_engines(shipped, tmp_path)
     write_manifest(tmp_path, shipped.config, {"fp32": fp32}, extra={"path_dims": [0, 1, 2], "confidence_scale": 0.5})
     ship_qdq(tmp_path, load_manifest(tmp_path), "int8", manifest.engine("int8", VISION).path.parent,
              qdq_record("int8", result, CALIBRATION))

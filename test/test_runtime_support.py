@@ -1,4 +1,5 @@
-"""Shared helpers of the runtime tests: the model directory they serve, and observations.
+"""Shared helpers of the runtime tests: the model directory they serve, its fp32 engines copied, and
+observations.
 
 The model directory is, in order: ``$VLA_TEST_MODEL_DIR``; the shipped ``models/tiny``; or a
 random-weight tiny policy exported once per test process with ``export_model_dir``. Real files and
@@ -7,15 +8,17 @@ real ONNX Runtime sessions throughout, no mocks.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
 from vla_inference.lab.bench import bench_observations
 from vla_inference.spec.config import VlaConfig
-from vla_inference.spec.manifest import MANIFEST_NAME, shipped_model_dir
+from vla_inference.spec.engine_spec import ENGINES
+from vla_inference.spec.manifest import MANIFEST_NAME, Manifest, shipped_model_dir
 from vla_inference.spec.observation import Observation
 
 _LOCK = threading.Lock()
@@ -46,6 +49,16 @@ def runtime_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             export.export_model_dir(build_policy(tiny()).eval(), tiny(), out)
             _EXPORTED = out
         return _EXPORTED
+
+
+def copy_fp32_engines(manifest: Manifest, out: Path) -> Dict[str, str]:
+    """Copy ``manifest``'s fp32 engine files into ``out``; returns {engine: file name} for a new manifest."""
+    files = {}
+    for name in ENGINES:
+        source = manifest.engine("fp32", name).path
+        shutil.copyfile(source, out / source.name)
+        files[name] = source.name
+    return files
 
 
 def observations(cfg: VlaConfig, count: int, seed: int = 0) -> List[Observation]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_support import observations, runtime_model_dir
+from test_runtime_support import copy_fp32_engines, observations, runtime_model_dir
 
 from vla_inference.runtime.backends import create_backend
 from vla_inference.runtime.backends.engine_builder import (
@@ -35,7 +34,7 @@ from vla_inference.runtime.backends.engine_builder import (
     plan_requests,
 )
 from vla_inference.runtime.backends.plan_cache import PlanCache, PlanKey, default_cache_dir
-from vla_inference.spec.engine_spec import ACTION_EXPERT, ENGINES, VISION
+from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION
 from vla_inference.spec.manifest import Manifest, load_manifest, write_manifest
 from vla_inference.spec.observation import vision_feeds
 
@@ -67,12 +66,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
 def fp32_only(manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     """The model directory with its fp32 engines only: no Q/DQ engine to build INT8/FP8 from."""
     out = tmp_path_factory.mktemp("fp32_only")
-    files = {}
-    for name in ENGINES:
-        source = manifest.engine("fp32", name).path
-        shutil.copyfile(source, out / source.name)
-        files[name] = source.name
-    write_manifest(out, manifest.config, {"fp32": files})
+    write_manifest(out, manifest.config, {"fp32": copy_fp32_engines(manifest, out)})
     return load_manifest(out)
 
 
