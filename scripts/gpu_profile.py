@@ -9,7 +9,8 @@ Three views, all on one randomly initialised policy of ``--preset`` (bf16):
   model's own modules in CUDA graphs; ``fast``: ``FastPolicy`` eager; ``fast-compile``: with
   ``torch.compile``; suffix ``-joint``: SDPA over the concatenated keys instead of the split
   attention; ``-sdpa``: SDPA for the prefix attention; ``-async``: stage 1 does not wait for its
-  GPU work). For each: set-up time
+  GPU work; ``-rows``: camera views encoded as two rows, not in one pass; ``-autotune``: Inductor's
+  max-autotune). For each: set-up time
   (capture and compile), pure GPU time of one prefix-graph replay and of one step-graph replay
   (CUDA events, median of ``--replays``), host-timed p50 of vision / denoise / end to end at
   steps 1 and 10, sequential vs pipelined throughput at ``--steps``, and peak GPU memory.
@@ -43,7 +44,8 @@ def variant_options(name: str) -> dict:
         raise SystemExit(f"unknown variant {name!r}")
     return {"fast_path": parts[0] == "fast", "compile": "compile" in parts,
             "attention": "joint" if "joint" in parts else "split", "sync_prefix": "async" not in parts,
-            "prefix_attention": "sdpa" if "sdpa" in parts else "manual"}
+            "prefix_attention": "sdpa" if "sdpa" in parts else "manual", "shared_views": "rows" not in parts,
+            "autotune": "autotune" in parts}
 
 
 def kernel_family(name: str) -> str:
@@ -60,15 +62,20 @@ def kernel_family(name: str) -> str:
 
 
 def gpu_replay_ms(backend: TorchBackend, replays: int) -> dict:
-    """Median GPU time of one prefix-graph replay and one step-graph replay (CUDA events)."""
+    """Median GPU time of one replay (CUDA events) of the prefix graph for one row, for two rows, for
+    the two camera views in one pass, and of one step graph."""
     static = backend._static
-    vision_graph = static.get("vision", {}).get(1, {}).get("graph")
-    if vision_graph is None:
+    vision = static.get("vision", {})
+    if vision.get(1, {}).get("graph") is None:
         return {}
     stream = torch.cuda.Stream()
     result = {}
-    for name, graph, reset in (("prefix_graph_ms", vision_graph, None),
-                               ("step_graph_ms", static["step_graphs"][0], static["step"])):
+    graphs = [("prefix_graph_ms", vision[1]["graph"], None)]
+    if 2 in vision:
+        graphs.append(("two_rows_graph_ms", vision[2]["graph"], None))
+    if "views" in static:
+        graphs.append(("views_graph_ms", static["views"]["graph"], None))
+    for name, graph, reset in graphs + [("step_graph_ms", static["step_graphs"][0], static["step"])]:
         times = []
         with torch.inference_mode(), torch.cuda.stream(stream):
             for _ in range(replays + 3):
@@ -123,6 +130,11 @@ def profile_variant(policy, cfg, name: str, args, observation, out: Path) -> dic
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             chunk = pipeline.infer(observation, steps=args.steps, seed=0)
             torch.cuda.synchronize()
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as step_prof:
+            for _ in range(10):
+                backend._static["step"].zero_()
+                backend._static["step_graphs"][0].replay()
+            torch.cuda.synchronize()
     finally:
         pipeline.close()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.row_limit, max_name_column_width=70)
@@ -138,6 +150,9 @@ def profile_variant(policy, cfg, name: str, args, observation, out: Path) -> dic
             families[kernel_family(event.name)] += us
             counts[kernel_family(event.name)] += 1
             total += us
+    step_table = step_prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    (out / "profile_step_kernels.txt").write_text("10 replays of one step graph\n" + step_table + "\n")
+    print(step_table)
     if args.trace:
         prof.export_chrome_trace(str(out / f"trace_{cfg.preset}_{name}_steps{args.steps}.json"))
     by_time = sorted(families.items(), key=lambda kv: -kv[1])

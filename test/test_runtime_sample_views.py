@@ -9,7 +9,7 @@ import pytest
 from vla_inference.lab.confidence_eval import evaluate_confidence
 from vla_inference.runtime.backends import create_backend
 from vla_inference.runtime.pipeline import InferencePipeline
-from vla_inference.runtime.sample_views import SampleViews, plan_views, view_feeds
+from vla_inference.runtime.sample_views import SampleViews, plan_views, single_camera_views, view_feeds
 from vla_inference.spec.manifest import Manifest, load_manifest, shipped_model_dir
 from vla_inference.spec.observation import vision_feeds
 from vla_inference.synthetic import eval_scenes, make_observation
@@ -58,6 +58,32 @@ def test_view_rows_equal_the_feeds_of_observations_with_fewer_cameras(manifest: 
         np.testing.assert_array_equal(rows[name], expected[name], err_msg=name)
     with pytest.raises(ValueError, match="batch 1"):
         view_feeds(rows, views)
+
+
+def test_single_camera_views_are_recognised_and_anything_else_is_not(manifest: Manifest) -> None:
+    cfg = manifest.config
+    observation = make_observation(next(iter(eval_scenes(1))), 3, True)
+    feeds = vision_feeds([observation], cfg)
+    rows = view_feeds(feeds, plan_views("cameras", 3, 4))
+    assert single_camera_views(rows)
+    assert not single_camera_views(feeds)  # one row: nothing to share
+    assert not single_camera_views(view_feeds(feeds, plan_views("noise", 3, 4)))
+    other = make_observation(list(eval_scenes(2))[1], 3, True)
+    changes = {
+        "a second camera on in row 1": ("camera_mask", (1, 1), True),
+        "camera 0 off in row 1 only": ("camera_mask", (1, 0), False),
+        "another image for camera 0": ("images", (1, 0), vision_feeds([other], cfg)["images"][0, 0]),
+        "another state": ("state", (1,), vision_feeds([other], cfg)["state"][0]),
+        "another command": ("text_mask", (1, 0), not rows["text_mask"][0, 0]),
+        "no LiDAR in row 1": ("lidar_mask", (1,), False),
+    }
+    for what, (name, index, value) in changes.items():
+        changed = {key: array.copy() for key, array in rows.items()}
+        changed[name][index] = value
+        assert not single_camera_views(changed), what
+    masked_slots = {key: array.copy() for key, array in rows.items()}
+    masked_slots["images"][1, 1:] = 0.5  # what a masked slot holds does not matter
+    assert single_camera_views(masked_slots)
 
 
 def test_each_sample_denoises_on_the_prefix_of_its_own_view(manifest: Manifest) -> None:

@@ -185,6 +185,8 @@ def test_a_backbone_hook_must_return_the_contract_shape() -> None:
     ("fast_path", "false", "True or False"),
     ("compile", 1, "True or False"),
     ("sync_prefix", None, "True or False"),
+    ("shared_views", "yes", "True or False"),
+    ("autotune", 0, "True or False"),
 ])
 def test_a_bad_backend_option_is_refused_naming_it(option: str, value, allowed: str) -> None:
     cfg = tiny()
@@ -200,8 +202,9 @@ def test_bench_torch_options_reach_the_backend_constructor() -> None:
     base = ["--backend", "torch", "--random-weights", "--preset", "tiny", "--device", "cpu"]
     backend = bench.make_backend(bench.parse_args(
         base + ["--torch-option", "fast_path=off", "--torch-option", " prefix_attention = sdpa", "--torch-option",
-                "sync_prefix=False"]))
+                "sync_prefix=False", "--torch-option", "shared_views=off", "--torch-option", "autotune=on"]))
     assert (backend.fast_path, backend.prefix_attention, backend.sync_prefix) == (False, "sdpa", False)
+    assert (backend.shared_views, backend.autotune) == (False, True)
     assert (backend.compile, backend.attention) == (True, "split")  # the defaults
     with pytest.raises(ValueError, match=r"^attention: expected .*received 'bogus'$"):
         bench.make_backend(bench.parse_args(base + ["--torch-option", "attention=bogus"]))
@@ -253,6 +256,41 @@ def test_fast_path_with_a_prefix_per_sample_reproduces_the_policy_in_fp32(cfg_fn
     assert float((x - expected).abs().max()) <= TOLERANCE
 
 
+def _view_rows(feeds: dict) -> dict:
+    """Row 0 the observation, row 1 its camera 0 alone (``view_feeds`` of a ``cameras`` plan)."""
+    rows = {name: torch.cat([value, value]) for name, value in feeds.items()}
+    rows["camera_mask"][1, 1:] = False
+    rows["images"][1, 1:] = 0.0
+    return rows
+
+
+@pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
+@pytest.mark.parametrize("prefix_attention", ["manual", "sdpa"])
+def test_both_camera_views_in_one_pass_equal_the_vision_engine_on_the_two_rows(cfg_fn, prefix_attention: str) -> None:
+    cfg = cfg_fn()
+    reference = _policy(cfg)
+    policy = copy.deepcopy(reference)
+    fast = FastPolicy(policy, compile=False, prefix_attention=prefix_attention)
+    args = _args(cfg, _view_rows(_feeds(cfg, seed=4)))
+    with torch.no_grad():
+        ref_kv, ref_mask = reference.vision_engine(*args)
+        fast.install()
+        try:
+            kv, mask = fast.encode_views(*args)
+        finally:
+            fast.uninstall()
+    assert torch.equal(mask, ref_mask)
+    assert kv.shape == ref_kv.shape
+    kept = mask[:, None, None, None, :, None]
+    scale = max(1.0, float(ref_kv.abs().max()))
+    assert float(((kv - ref_kv) * kept).abs().max()) <= TOLERANCE * scale
+    left_out = torch.ones(cfg.prefix_len, dtype=torch.bool)
+    left_out[fast.view_positions] = False
+    assert int(left_out.sum()) == (cfg.max_cameras - 1) * cfg.tokens_per_camera
+    assert float(kv[1][..., left_out, :].abs().max()) == 0.0  # row 1's other camera slots are not computed
+    assert float((kv[1] - kv[0]).abs().max()) > 1e-2  # the views differ: row 1 did not attend to row 0
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a64, b64 = a.double().flatten(), b.double().flatten()
     return float(a64 @ b64 / (a64.norm() * b64.norm() + 1e-30))
@@ -289,7 +327,9 @@ def test_fast_path_on_cuda_in_bf16_follows_the_policy_through_the_hooks() -> Non
     {},
     {"fast_path": False},
     {"compile": False, "attention": "joint", "prefix_attention": "sdpa", "sync_prefix": False},
-], ids=["default", "policy-as-written", "eager-joint-sdpa-async"])
+    {"shared_views": False},
+    {"autotune": True},
+], ids=["default", "policy-as-written", "eager-joint-sdpa-async", "views-as-rows", "autotune"])
 def test_cuda_backend_serves_its_options_and_agrees_with_the_cpu(options: dict) -> None:
     cfg = tiny()
     policy = _policy(cfg)
@@ -306,6 +346,8 @@ def test_cuda_backend_serves_its_options_and_agrees_with_the_cpu(options: dict) 
         assert described["compile"] is options.get("compile", True), described["fast_path_note"]
         assert (described["attention"], described["prefix_attention"]) == (
             options.get("attention", "split"), options.get("prefix_attention", "manual"))
+        assert described["shared_views"] is options.get("shared_views", True), described["fast_path_note"]
+        assert described["autotune"] is options.get("autotune", False)
     assert described["sync_prefix"] is options.get("sync_prefix", True)
     for gpu, cpu in zip(chunks["cuda"], chunks["cpu"]):
         assert _cosine(torch.from_numpy(gpu), torch.from_numpy(cpu)) >= 0.999

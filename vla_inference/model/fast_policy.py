@@ -31,7 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_inference.model.policy import MASK_BIAS, MIN_FLOW_TIME, ViTBlock, VlaPolicy, key_bias, rope_tables, time_embedding
+from vla_inference.model.policy import (
+    MASK_BIAS,
+    MIN_FLOW_TIME,
+    PrefixTrim,
+    ViTBlock,
+    VlaPolicy,
+    key_bias,
+    rope_tables,
+    time_embedding,
+)
 
 ATTENTIONS = ("split", "joint")  # expert attention: shared-prefix GEMMs, or SDPA over the concatenated keys (A/B)
 PREFIX_ATTENTIONS = ("manual", "sdpa")  # prefix attention: GEMMs over padded keys, or SDPA with a bias
@@ -72,12 +81,14 @@ def _split_qkv(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int) -> A
 def _prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                       manual: bool = False, mask_bias: float = MASK_BIAS) -> torch.Tensor:
     """Grouped-query attention inside the prefix: q [B, P, H, D], k/v [B, P, G, D], bias [B, 1, 1, P]
-    -> [B, P, H * D]. The H / G query heads of a group are folded into the query axis.
+    (per key) or [B, 1, P, P] (per query and key: several sequences in one pass) -> [B, P, H * D].
+    The H / G query heads of a group are folded into the query axis.
 
     ``manual``: two GEMMs and a float32 softmax over keys zero-padded to a multiple of 16 (masked),
     instead of SDPA with a bias (which on an H100 runs one key/value head with ~55 query tiles)."""
     batch, length, heads, head_dim = q.shape
     groups = k.shape[2]
+    per_query = bias.shape[-2] != 1
     if manual:
         per_group = heads // groups
         folded = q.reshape(batch, length, groups, per_group, head_dim).permute(0, 2, 1, 3, 4)
@@ -88,10 +99,17 @@ def _prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
             keys = F.pad(keys, (0, 0, 0, padded - length))
             values = F.pad(values, (0, 0, 0, padded - length))
             bias = F.pad(bias, (0, padded - length), value=mask_bias)
-        scores = torch.matmul(folded, keys.transpose(2, 3)).float() * head_dim ** -0.5 + bias.float()
+        scores = torch.matmul(folded, keys.transpose(2, 3)).float() * head_dim ** -0.5
+        if per_query:  # rows are (query, head of the group): one bias row per query
+            scores = (scores.view(batch, groups, length, per_group, padded) + bias.float()[:, :, :, None, :]).view(
+                batch, groups, length * per_group, padded)
+        else:
+            scores = scores + bias.float()
         out = torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
         out = out.reshape(batch, groups, length, per_group, head_dim).permute(0, 2, 1, 3, 4)
         return out.reshape(batch, length, heads * head_dim)
+    if per_query:
+        bias = bias.repeat_interleave(heads // groups, dim=-2)
     if groups == 1:
         out = F.scaled_dot_product_attention(q.reshape(batch, 1, length * heads, head_dim),
                                              k.reshape(batch, 1, length, head_dim),
@@ -251,14 +269,18 @@ def _is_patch_conv(conv: Any) -> bool:
 _COMPILED: Dict[Any, Any] = {}
 
 
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """One process-wide ``torch.compile`` wrapper per function, so every backend in the process
-    replays the same generated kernels (graph == eager and pipelined == sequential stay bitwise)."""
-    if fn not in _COMPILED:
+def _compiled(fn: Callable[..., Any], autotune: bool = False) -> Callable[..., Any]:
+    """One process-wide ``torch.compile`` wrapper per function (and autotune setting), so every
+    backend in the process replays the same generated kernels (graph == eager and pipelined ==
+    sequential stay bitwise). ``autotune``: Inductor times Triton GEMM templates against cuBLAS for
+    every shape (minutes more at start-up) and can then fuse the norms and gating into the GEMMs."""
+    key = (fn, autotune)
+    if key not in _COMPILED:
         # No split (two-pass) reductions: the rows here (softmax over ~900 keys for 1600 queries, norms
         # over the width) are enough to fill the GPU, and split reductions cost extra kernels.
-        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True, options={"split_reductions": False})
-    return _COMPILED[fn]
+        options = {"split_reductions": False, **({"max_autotune": True} if autotune else {})}
+        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+    return _COMPILED[key]
 
 
 # First linear of a fused group -> the fused tensor its group's weights are row views of (weak keys:
@@ -300,7 +322,7 @@ class FastPolicy:
     """
 
     def __init__(self, policy: VlaPolicy, compile: bool = False, attention: str = "split",
-                 prefix_attention: str = "manual") -> None:
+                 prefix_attention: str = "manual", autotune: bool = False) -> None:
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, received {attention!r}")
         if prefix_attention not in PREFIX_ATTENTIONS:
@@ -312,7 +334,7 @@ class FastPolicy:
         self.cfg = cfg
         self.heads, self.kv_heads, self.head_dim = b.num_heads, b.num_kv_heads, b.head_dim
         self.joint = attention == "joint"
-        self.compile = compile
+        self.compile, self.autotune = compile, compile and autotune
         ve, ex = policy.vision_engine, policy.action_expert
         self.dtype = ex.action_in.weight.dtype
         device = ex.action_in.weight.device
@@ -339,7 +361,14 @@ class FastPolicy:
             cos, sin = rope_tables(
                 torch.arange(cfg.prefix_len, cfg.prefix_len + cfg.action_horizon, device=device), b.head_dim, self.dtype)
             self.action_rope = (cos[:, None, :], sin[:, None, :])
-        wrap = _compiled if compile else (lambda fn: fn)
+            # ``encode_views``: the full prefix, then the camera-0 view's tokens at their own positions.
+            self.view_positions = PrefixTrim(1, True, cfg.text_max_len).positions(cfg).to(device)
+            positions = torch.cat([torch.arange(cfg.prefix_len, device=device), self.view_positions])
+            cos, sin = rope_tables(positions, b.head_dim, self.dtype)
+            self.views_rope = (cos[:, None, :], sin[:, None, :])
+            segment = (torch.arange(len(positions), device=device) >= cfg.prefix_len)
+            self.same_view = segment[:, None] == segment[None, :]
+        wrap = (lambda fn: _compiled(fn, self.autotune)) if compile else (lambda fn: fn)
         self._backbone_layer, self._backbone_kv = wrap(_backbone_layer), wrap(_backbone_kv)
         self._expert_layer, self._expert_head, self._expert_tail = wrap(_expert_layer), wrap(_expert_head), \
             wrap(_expert_tail)
@@ -352,7 +381,37 @@ class FastPolicy:
         cos, sin = self.prefix_rope
         if x.shape[1] != cos.shape[0]:
             raise ValueError(f"prefix length {x.shape[1]} != {cos.shape[0]}")
-        bias = key_bias(prefix_mask, x.dtype)
+        return self._backbone_pass(x, key_bias(prefix_mask, x.dtype), cos, sin)
+
+    def encode_views(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
+                     lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                     state: torch.Tensor) -> Any:
+        """Both camera views of one observation in one backbone pass: (prefix_kv [2, L, 2, G, P, D],
+        prefix_mask [2, P]) for row 0 (every camera) and row 1 (camera 0 alone), from row 0's inputs.
+
+        The vision engine on the two rows would run the ViT on camera 0 twice and the backbone over
+        row 1's masked camera tokens. Here the ViT runs once per camera, and row 1's tokens (camera 0,
+        LiDAR, text, state, at their own positions) follow row 0's in one sequence whose attention is
+        block-diagonal: one GEMM per projection over both rows. A masked key adds exactly zero, so row
+        1's keys/values equal the vision engine's at every position its mask keeps; the positions it
+        masks stay zero."""
+        x, mask, _ = self.policy.vision_engine.embed(images[:1], camera_mask[:1], lidar_range[:1], lidar_mask[:1],
+                                                     text_tokens[:1], text_mask[:1], state[:1])
+        full = x.shape[1]
+        keep = self.view_positions
+        view_mask = mask.index_select(1, keep)
+        valid = torch.cat([mask, view_mask], dim=1)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        masked = torch.full((), MASK_BIAS, dtype=x.dtype, device=x.device)
+        bias = torch.where(self.same_view & valid[:, None, :], zero, masked)[:, None]
+        kv = self._backbone_pass(torch.cat([x, x.index_select(1, keep)], dim=1), bias, *self.views_rope)
+        view_kv = torch.zeros_like(kv[..., :full, :]).index_copy_(kv.dim() - 2, keep, kv[..., full:, :])
+        view_mask_full = torch.zeros_like(mask).index_copy_(1, keep, view_mask)
+        return torch.cat([kv[..., :full, :], view_kv]), torch.cat([mask, view_mask_full])
+
+    def _backbone_pass(self, x: torch.Tensor, bias: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Every layer's rotated keys/values [B, L, 2, G, T, D] of the tokens x [B, T, W] under an
+        additive ``bias`` (per key [B, 1, 1, T], or per query and key [B, 1, T, T])."""
         layer_kv = []
         for w_in, wqkv, wo, w_post, wgu, wd in self.backbone_weights[:-1]:
             x, k, v = self._backbone_layer(x, w_in, wqkv, wo, w_post, wgu, wd, cos, sin, bias, self.backbone_eps,

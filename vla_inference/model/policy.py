@@ -379,6 +379,27 @@ class VisionEngine(nn.Module):
         (a list of [B, prefix_len, width]). With ``trim`` (training only) the prefix leaves out the
         tokens ``trim`` names, and every returned tensor covers the kept tokens only."""
         cfg = self.cfg
+        x, prefix_mask, vit_tokens = self.embed(images, camera_mask, lidar_range, lidar_mask, text_tokens, text_mask,
+                                                state, trim)
+        batch = x.shape[0]
+        if trim is not None:
+            prefix_kv, layer_inputs = self._backbone(x, prefix_mask, trim.positions(cfg).to(x.device))
+        elif self._backbone_fn is not None:  # ``use_backbone``: e.g. the torch backend's fast path
+            b = cfg.backbone
+            prefix_kv, layer_inputs = self._backbone_fn(x, prefix_mask), []
+            _check_shape("prefix_kv (use_backbone)", prefix_kv, (batch, b.depth, 2, b.num_kv_heads, x.shape[1], b.head_dim))
+        else:
+            prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
+        return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens, "layer_inputs": layer_inputs}
+
+    def embed(self, images: torch.Tensor, camera_mask: torch.Tensor, lidar_range: torch.Tensor,
+              lidar_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+              state: torch.Tensor, trim: Optional[PrefixTrim] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefix tokens before the backbone: (x [B, P, width], prefix_mask bool [B, P], ViT tokens
+        [B, cameras, tokens, vision width]); ``encode`` runs the backbone on them, and a serving path
+        that attends differently (both camera views in one pass) starts from them too."""
+        cfg = self.cfg
         size, cameras = cfg.vision.image_size, cfg.max_cameras
         _check_shape("images", images, (None, cameras, 3, size, size))
         _check_shape("camera_mask", camera_mask, (None, cameras))
@@ -415,16 +436,7 @@ class VisionEngine(nn.Module):
             masks.append(lidar_mask[:, None].expand(batch, cfg.lidar_tokens))
         x = torch.cat(tokens + [text, state_token], dim=1)
         prefix_mask = torch.cat(masks + [text_mask, torch.ones_like(camera_mask[:, :1])], dim=1)
-        if trim is not None:
-            prefix_kv, layer_inputs = self._backbone(x, prefix_mask, trim.positions(cfg).to(x.device))
-        elif self._backbone_fn is not None:  # ``use_backbone``: e.g. the torch backend's fast path
-            b = cfg.backbone
-            prefix_kv, layer_inputs = self._backbone_fn(x, prefix_mask), []
-            _check_shape("prefix_kv (use_backbone)", prefix_kv, (batch, b.depth, 2, b.num_kv_heads, x.shape[1], b.head_dim))
-        else:
-            prefix_kv, layer_inputs = self._backbone(x, prefix_mask)
-        return prefix_kv, prefix_mask, {"vit_tokens": vit_tokens.reshape(batch, cameras, per_camera, -1),
-                                        "layer_inputs": layer_inputs}
+        return x, prefix_mask, vit_tokens.reshape(batch, cameras, per_camera, -1)
 
     def _backbone(self, x: torch.Tensor, prefix_mask: torch.Tensor, positions: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, List[torch.Tensor]]:

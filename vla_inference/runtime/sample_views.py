@@ -74,3 +74,19 @@ def view_feeds(feeds: Mapping[str, np.ndarray], views: SampleViews) -> Dict[str,
         out["camera_mask"][row, count:] = False
         out["images"][row, count:] = 0.0
     return out
+
+
+def single_camera_views(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Whether every row after the first is the first row seen through its camera 0 alone (what
+    ``view_feeds`` makes of a ``cameras`` plan): a backend may then encode all rows from the first
+    row's inputs (the torch backend's one-pass views) instead of encoding each row as given."""
+    mask, images = feeds["camera_mask"], feeds["images"]
+    if mask.shape[0] < 2:
+        return False
+    for row in range(1, mask.shape[0]):
+        if mask[row, 1:].any() or mask[row, 0] != mask[0, 0] or not np.array_equal(images[row, 0], images[0, 0]):
+            return False
+        if any(not np.array_equal(value[row], value[0]) for name, value in feeds.items()
+               if name not in ("images", "camera_mask")):
+            return False
+    return True

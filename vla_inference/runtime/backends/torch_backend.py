@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
+from vla_inference.runtime.sample_views import single_camera_views
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, check_inputs
 from vla_inference.spec.flow import flow_schedule
@@ -101,6 +102,8 @@ class TorchBackend(Backend):
         attention: str = "split",
         sync_prefix: bool = True,
         prefix_attention: str = "manual",
+        shared_views: bool = True,
+        autotune: bool = False,
     ) -> None:
         """CUDA options (validated everywhere, used only on CUDA: the CPU always runs the policy as
         written), plain arguments so an A/B run states them (``vla-bench --torch-option``):
@@ -109,7 +112,9 @@ class TorchBackend(Backend):
         ``sync_prefix``: stage 1 waits for its GPU work, so the vision stage time is the GPU time;
         off, it returns once the work is queued (stage 2 waits on the slot's event) and the next
         request's preprocessing overlaps the vision pass; ``prefix_attention`` 'manual' or 'sdpa' for
-        the prefix backbone's attention."""
+        the prefix backbone's attention; ``shared_views``: camera views (two rows, the second camera 0
+        alone) in one backbone pass, each camera's ViT once (``FastPolicy.encode_views``); ``autotune``:
+        Inductor's max-autotune for the compiled layers (longer start-up)."""
         if torch is None:
             raise BackendUnavailableError(self.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         if device not in DEVICES:
@@ -122,7 +127,8 @@ class TorchBackend(Backend):
             raise ValueError(f"precision: expected one of {PRECISIONS}, received {precision!r}")
         if device == "cpu" and precision != "fp32":
             raise ValueError(f"precision: the CPU path runs fp32 (the parity reference), received {precision!r}")
-        for name, value in (("fast_path", fast_path), ("compile", compile), ("sync_prefix", sync_prefix)):
+        for name, value in (("fast_path", fast_path), ("compile", compile), ("sync_prefix", sync_prefix),
+                            ("shared_views", shared_views), ("autotune", autotune)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: expected True or False, received {value!r}")
         if attention not in ATTENTIONS:
@@ -137,9 +143,11 @@ class TorchBackend(Backend):
         self.policy = policy
         self.fast_path, self.compile, self.sync_prefix = fast_path, compile, sync_prefix
         self.attention, self.prefix_attention = attention, prefix_attention
+        self.shared_views, self.autotune = shared_views, autotune
         self._weights_path: Optional[Path] = None if policy is not None else self._verified_weights_path()
         self._fast: Optional[FastPolicy] = None
         self._fast_note = ""
+        self._views_in_one_pass = False
         self._slots: List[_DeviceSlot] = []
         self._static: Dict[str, Any] = {}
 
@@ -254,7 +262,9 @@ class TorchBackend(Backend):
                         fast_path=self._fast is not None, compile=self._fast is not None and self._fast.compile,
                         attention=self.attention if self._fast is not None else "policy",
                         prefix_attention=self.prefix_attention if self._fast is not None else "policy",
-                        sync_prefix=self.sync_prefix, fast_path_note=self._fast_note)
+                        sync_prefix=self.sync_prefix, fast_path_note=self._fast_note,
+                        autotune=self._fast is not None and self._fast.autotune,
+                        shared_views=bool(self._static.get("views")))
         return info
 
     # -- pipeline stages (CUDA) -----------------------------------------------------------------
@@ -264,7 +274,7 @@ class TorchBackend(Backend):
             return
         if self._fast is not None:  # a previous prepare's fast path: the self-check needs the policy as written
             self._fast.uninstall()
-        self._fast = None
+        self._fast, self._views_in_one_pass = None, False
         if self.fast_path and self.config.architecture != "vla":
             self._fast_note = f"no fused fast path for the {self.config.architecture} architecture: the policy as written"
         elif self.fast_path:
@@ -301,26 +311,41 @@ class TorchBackend(Backend):
             return None
         self._fast_note = (f"self-check cosines prefix {cosines[0]:.6f}, velocity {cosines[1]:.6f}, "
                            f"per-sample velocity {cosines[2]:.6f}")
+        self._views_in_one_pass = False
+        if self.shared_views and self.view_rows > 1 and self.config.max_cameras > 1:
+            try:
+                cosine = self._views_check(fast)
+            except Exception as exc:  # noqa: BLE001 - the views then run as two rows, as written
+                LOG.error("one-pass camera views raised %s: %s; encoding the rows as given", type(exc).__name__, exc)
+                self._fast_note += f"; one-pass views raised {type(exc).__name__}: {str(exc)[:200]}"
+            else:
+                self._views_in_one_pass = math.isfinite(cosine) and cosine >= SELF_CHECK_MIN_COSINE
+                self._fast_note += f", one-pass views {cosine:.6f}" + ("" if self._views_in_one_pass else " (off)")
         if compile:
             fast = FastPolicy(self.policy, compile=True, attention=self.attention,
-                              prefix_attention=self.prefix_attention)
+                              prefix_attention=self.prefix_attention, autotune=self.autotune)
         fast.install()
         return fast
+
+    def _check_feeds(self, gen: "torch.Generator") -> Dict[str, "torch.Tensor"]:
+        """Seeded vision inputs for one observation on the GPU (half the text masked)."""
+        feeds = {}
+        for t in self.specs[VISION].inputs:
+            shape = t.concrete_shape(1)
+            if t.dtype == "float32":
+                feeds[t.name] = torch.rand(shape, generator=gen).mul_(2.0).sub_(1.0).abs_().to("cuda")
+            elif t.dtype == "bool":
+                feeds[t.name] = torch.ones(shape, dtype=torch.bool).to("cuda")
+            else:
+                feeds[t.name] = torch.randint(0, 256, shape, generator=gen).to("cuda")
+        feeds["text_mask"][:, self.config.text_max_len // 2:] = False
+        return feeds
 
     def _self_check(self, fast: FastPolicy) -> List[float]:
         """Cosine of (fast, policy) for the prefix keys/values and one velocity on seeded inputs."""
         cfg, dev = self.config, torch.device("cuda")
         gen = torch.Generator(device="cpu").manual_seed(1234)
-        feeds = {}
-        for t in self.specs[VISION].inputs:
-            shape = t.concrete_shape(1)
-            if t.dtype == "float32":
-                feeds[t.name] = torch.rand(shape, generator=gen).mul_(2.0).sub_(1.0).abs_().to(dev)
-            elif t.dtype == "bool":
-                feeds[t.name] = torch.ones(shape, dtype=torch.bool).to(dev)
-            else:
-                feeds[t.name] = torch.randint(0, 256, shape, generator=gen).to(dev)
-        feeds["text_mask"][:, cfg.text_max_len // 2:] = False
+        feeds = self._check_feeds(gen)
         k = 2
         x = torch.randn((k, cfg.action_horizon, cfg.action_dim), generator=gen).to(dev)
         t = torch.full((1,), 0.7, dtype=torch.float32, device=dev)
@@ -341,6 +366,28 @@ class TorchBackend(Backend):
         cos = torch.nn.functional.cosine_similarity
         pairs = ((fast_kv, ref_kv), (fast_v, ref_v), (per_sample_v, ref_v))
         return [float(cos(a.double().flatten(), b.double().flatten(), dim=0)) for a, b in pairs]
+
+    def _views_check(self, fast: FastPolicy) -> float:
+        """Cosine of ``encode_views`` against the vision engine as written on the two view rows, over
+        the positions the rows attend to (elsewhere the one-pass rows hold zeros, the engine values
+        that are masked)."""
+        feeds = self._check_feeds(torch.Generator(device="cpu").manual_seed(4321))
+        rows = {name: torch.cat([value, value]) for name, value in feeds.items()}
+        rows["camera_mask"][1, 1:] = False
+        rows["images"][1, 1:] = 0.0
+        args = [rows[t.name] for t in self.specs[VISION].inputs]
+        with torch.inference_mode():
+            ref_kv, mask = self.policy.vision_engine(*args)
+            fast.install()
+            try:
+                kv, fast_mask = fast.encode_views(*args)
+            finally:
+                fast.uninstall()
+        if not torch.equal(mask, fast_mask):
+            return float("nan")
+        kept = mask[:, None, None, None, :, None]
+        return float(torch.nn.functional.cosine_similarity((kv * kept).double().flatten(),
+                                                           (ref_kv * kept).double().flatten(), dim=0))
 
     def _prepare_cuda(self, k: int, slots: int) -> None:
         """Allocate static buffers and capture the prefix graph and one step graph per slot."""
@@ -378,6 +425,14 @@ class TorchBackend(Backend):
             host = {name: torch.zeros(tensor.shape, dtype=tensor.dtype, pin_memory=True)
                     for name, tensor in inputs.items()}
             static["vision"][rows] = {"in": inputs, "host": host, "fn": vision_pass, "graph": graph, "out": out}
+        if fast is not None and self._views_in_one_pass:  # the two view rows of one observation, one pass
+            two = static["vision"][2]["in"]
+
+            def views_pass(inputs: Dict[str, Any] = two) -> Any:
+                return fast.encode_views(*(inputs[t.name] for t in vision_spec.inputs))
+
+            graph, out = self._capture(views_pass, self._streams[VISION])
+            static["views"] = {"fn": views_pass, "graph": graph, "out": out}
         prefix_kv, prefix_mask = (t[0] for t in static["vision"][1]["out"])
         if self.view_rows > 1:  # camera views: a prefix row per sample
             prefix_kv, prefix_mask = prefix_kv.expand(k, *prefix_kv.shape), prefix_mask.expand(k, -1)
@@ -458,6 +513,8 @@ class TorchBackend(Backend):
                 host.numpy()[...] = feeds[name]
                 vision["in"][name].copy_(host, non_blocking=True)
             static["inputs_copied"].record(stream)
+            if views == 2 and "views" in static and single_camera_views(feeds):
+                vision = static["views"]
             if vision["graph"] is not None:
                 vision["graph"].replay()
                 prefix_kv, prefix_mask = vision["out"]
