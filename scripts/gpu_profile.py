@@ -8,10 +8,10 @@ Three views, all on one randomly initialised policy of ``--preset`` (bf16):
 * ``--variants``: the torch backend served several ways on the same weights (``policy``: the
   model's own modules in CUDA graphs; ``fast``: ``FastPolicy`` eager; ``fast-compile``: with
   ``torch.compile``; suffix ``-joint``: SDPA over the concatenated keys instead of the split
-  attention; ``-sdpa``: SDPA for the prefix attention; ``-async``: stage 1 does not wait for its
-  GPU work; ``-rows``: camera views encoded as two rows, not in one pass; ``-autotune``: Inductor's
-  max-autotune). For each: set-up time
-  (capture and compile), pure GPU time of one prefix-graph replay and of one step-graph replay
+  attention; ``-flex``: one FlexAttention kernel over them; ``-sdpa``: SDPA for the prefix
+  attention; ``-async``: stage 1 does not wait for its GPU work; ``-rows``: camera views encoded as
+  two rows, not in one pass; ``-autotune``: Inductor's max-autotune). For each: set-up time
+  (capture and compile), pure GPU time of one replay of each prefix graph and of one step graph
   (CUDA events, median of ``--replays``), host-timed p50 of vision / denoise / end to end at
   steps 1 and 10, sequential vs pipelined throughput at ``--steps``, and peak GPU memory.
 * ``--profile VARIANT``: the torch profiler over one request of that variant: the top CUDA
@@ -43,7 +43,7 @@ def variant_options(name: str) -> dict:
     if parts[0] not in ("policy", "fast"):
         raise SystemExit(f"unknown variant {name!r}")
     return {"fast_path": parts[0] == "fast", "compile": "compile" in parts,
-            "attention": "joint" if "joint" in parts else "split", "sync_prefix": "async" not in parts,
+            "attention": next((a for a in ("joint", "flex") if a in parts), "split"), "sync_prefix": "async" not in parts,
             "prefix_attention": "sdpa" if "sdpa" in parts else "manual", "shared_views": "rows" not in parts,
             "autotune": "autotune" in parts}
 

@@ -64,7 +64,8 @@ def _two_kv_heads() -> VlaConfig:
 
 
 @pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
-@pytest.mark.parametrize("attention,prefix_attention", [("split", "manual"), ("joint", "sdpa"), ("split", "sdpa")])
+@pytest.mark.parametrize("attention,prefix_attention", [("split", "manual"), ("joint", "sdpa"), ("split", "sdpa"),
+                                                       ("flex", "manual")])
 def test_fast_path_reproduces_the_policy_in_fp32(cfg_fn, attention: str, prefix_attention: str) -> None:
     cfg = cfg_fn()
     reference = _policy(cfg)
@@ -180,7 +181,7 @@ def test_a_backbone_hook_must_return_the_contract_shape() -> None:
 
 
 @pytest.mark.parametrize("option,value,allowed", [
-    ("attention", "bogus", "('split', 'joint')"),
+    ("attention", "bogus", "('split', 'joint', 'flex')"),
     ("prefix_attention", "flash", "('manual', 'sdpa')"),
     ("fast_path", "false", "True or False"),
     ("compile", 1, "True or False"),
@@ -224,7 +225,7 @@ def test_patch_convolution_as_one_gemm() -> None:
 
 
 @pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
-@pytest.mark.parametrize("attention", ["split", "joint"])
+@pytest.mark.parametrize("attention", ["split", "joint", "flex"])
 def test_fast_path_with_a_prefix_per_sample_reproduces_the_policy_in_fp32(cfg_fn, attention: str) -> None:
     """Camera views: each sample denoises on its own view's prefix (rows 0, 1, 0, 1)."""
     cfg = cfg_fn()

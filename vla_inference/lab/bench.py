@@ -43,7 +43,7 @@ COMMANDS = ("pick up the red block", "push the green cube to the left", "stack t
             "move to the yellow marker", "open the gripper")
 BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 TORCH_OPTION_HELP = ("a TorchBackend constructor option, NAME=VALUE, repeatable: fast_path, compile, sync_prefix "
-                     "(true/false, default true), attention (split/joint, default split), prefix_attention "
+                     "(true/false, default true), attention (split/joint/flex, default split), prefix_attention "
                      "(manual/sdpa, default manual); e.g. fast_path=false serves the policy as written, for A/B runs.")
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention
 
 from vla_inference.model.policy import (
     MASK_BIAS,
@@ -42,7 +43,9 @@ from vla_inference.model.policy import (
     time_embedding,
 )
 
-ATTENTIONS = ("split", "joint")  # expert attention: shared-prefix GEMMs, or SDPA over the concatenated keys (A/B)
+# Expert attention: shared-prefix GEMMs; SDPA over the concatenated keys (A/B); one FlexAttention kernel over
+# the concatenated keys with the mask as a score bias.
+ATTENTIONS = ("split", "joint", "flex")
 PREFIX_ATTENTIONS = ("manual", "sdpa")  # prefix attention: GEMMs over padded keys, or SDPA with a bias
 
 
@@ -148,14 +151,17 @@ def _backbone_kv(x: torch.Tensor, w_in: torch.Tensor, wkv: torch.Tensor, cos: to
 
 
 def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: torch.Tensor,
-                      vp: torch.Tensor, bias: torch.Tensor, joint: bool) -> torch.Tensor:
+                      vp: torch.Tensor, bias: torch.Tensor, attention: str = "split") -> torch.Tensor:
     """Action tokens attend to the prefix (masked by ``bias``) and to their own sample's tokens.
 
     q [K, H, heads, D]; k/v [K, H, G, D]; kp/vp [G, P, D] with bias [P] (one prefix shared by the K
     samples) or kp/vp [K, G, P, D] with bias [K, P] (each sample its own, for camera views); bias
-    float32 (0 or MASK_BIAS). Returns [K, H, heads * D]. ``joint`` runs the reference layout instead
-    (prefix repeated K times and concatenated with the action keys, one SDPA call), kept for A/B.
-    A shared prefix is one GEMM over all K * H * heads queries; per-sample prefixes a batched GEMM.
+    float32 (0 or MASK_BIAS). Returns [K, H, heads * D]. ``attention``: 'split' (below); 'joint' the
+    reference layout (prefix repeated K times and concatenated with the action keys, one SDPA call),
+    kept for A/B; 'flex' the same concatenated keys through one FlexAttention kernel (scores, float32
+    online softmax and output fused; the mask is a per-key score bias; ``torch.compile`` makes it one
+    Triton kernel, eager it is the unfused reference). 'split': a shared prefix is one GEMM over all
+    K * H * heads queries, per-sample prefixes a batched GEMM; then one softmax over both key sets.
     """
     samples, horizon, heads, head_dim = q.shape
     groups = k.shape[2]
@@ -172,7 +178,23 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
         qg = q.reshape(samples, horizon, groups, per_group, head_dim).permute(2, 0, 1, 3, 4)
         qg = qg.reshape(groups, samples * rows, head_dim)
         ka, va = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
-    if joint:
+    if attention == "flex":
+        if per_sample:
+            kp, vp = kp.transpose(0, 1), vp.transpose(0, 1)
+        else:
+            kp, vp = (t[None].expand(samples, groups, prefix_len, head_dim) for t in (kp, vp))
+        keys = torch.cat([kp, k.transpose(1, 2)], dim=2)  # [K, G, P + H, D]
+        values = torch.cat([vp, v.transpose(1, 2)], dim=2)
+        key_bias = torch.cat([bias.reshape(-1, prefix_len).expand(samples, prefix_len),
+                              bias.new_zeros((samples, horizon))], dim=-1)
+
+        def masked(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+                   kv_idx: torch.Tensor) -> torch.Tensor:
+            return score + key_bias[b, kv_idx]
+
+        out = flex_attention(q.transpose(1, 2), keys, values, score_mod=masked, enable_gqa=groups != heads)
+        return out.transpose(1, 2).reshape(samples, horizon, heads * head_dim)
+    if attention == "joint":
         if not per_sample:
             kp, vp = (t[:, None].expand(groups, samples, prefix_len, head_dim) for t in (kp, vp))
         keys, values = torch.cat([kp, ka], dim=2), torch.cat([vp, va], dim=2)
@@ -214,11 +236,11 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
 def _expert_layer(h: torch.Tensor, mod: torch.Tensor, wqkv: torch.Tensor, wo: torch.Tensor,
                   wgu: torch.Tensor, wd: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
                   bias: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float, heads: int,
-                  kv_heads: int, joint: bool) -> torch.Tensor:
+                  kv_heads: int, attention: str) -> torch.Tensor:
     """One action-expert layer on h [K, H, W]; ``mod`` [6, W] = (1+scale, shift, gate) x (attn, mlp)."""
     q, k, v = _split_qkv(F.linear(_modulated_norm(h, mod[0], mod[1], eps), wqkv), heads, kv_heads, kp.shape[-1])
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    h = h + mod[2] * F.linear(_expert_attention(q, k, v, kp, vp, bias, joint), wo)
+    h = h + mod[2] * F.linear(_expert_attention(q, k, v, kp, vp, bias, attention), wo)
     gate, up = F.linear(_modulated_norm(h, mod[3], mod[4], eps), wgu).chunk(2, dim=-1)
     return h + mod[5] * F.linear(F.gelu(gate, approximate="tanh") * up, wd)
 
@@ -333,7 +355,7 @@ class FastPolicy:
         b = cfg.backbone
         self.cfg = cfg
         self.heads, self.kv_heads, self.head_dim = b.num_heads, b.num_kv_heads, b.head_dim
-        self.joint = attention == "joint"
+        self.attention = attention
         self.compile, self.autotune = compile, compile and autotune
         ve, ex = policy.vision_engine, policy.action_expert
         self.dtype = ex.action_in.weight.dtype
@@ -492,7 +514,7 @@ class FastPolicy:
         for index, (wqkv, wo, wgu, wd) in enumerate(self.expert_weights):
             kp, vp = layer_kv[index].unbind(-4)
             h = self._expert_layer(h, mods[6 * index:6 * index + 6], wqkv, wo, wgu, wd, kp, vp, bias, cos, sin,
-                                   self.expert_eps, self.heads, self.kv_heads, self.joint)
+                                   self.expert_eps, self.heads, self.kv_heads, self.attention)
         return self._expert_tail(h, x, t, mods[self.mod_rows - 2:], ex.action_out.weight, ex.action_out.bias,
                                  ex.action_scale, self.expert_eps, MIN_FLOW_TIME)
 
