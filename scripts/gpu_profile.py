@@ -208,7 +208,8 @@ def main() -> None:
         record["profile"] = profile_variant(policy, cfg, args.profile, args, observations[0], args.out)
     (args.out / "gpu_profile.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     if record["variants"]:
-        cols = ("setup_s", "prefix_graph_ms", "two_rows_graph_ms", "views_graph_ms", "step_graph_ms", "s1_vision_p50", "s1_total_p50", "s10_denoise_p50",
+        cols = ("setup_s", "prefix_graph_ms", "two_rows_graph_ms", "views_graph_ms", "step_graph_ms",
+                "s1_vision_p50", "s1_total_p50", "s10_denoise_p50",
                 "s10_total_p50", "pipelined_over_sequential", "peak_gpu_mib", "cosine_vs_first")
         print(f"{'variant':<22}" + "".join(f"{re.sub('_p50', '', c):>16}" for c in cols))
         for row in record["variants"]:
