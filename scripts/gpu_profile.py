@@ -10,7 +10,8 @@ Three views, all on one randomly initialised policy of ``--preset`` (bf16):
   ``torch.compile``; suffix ``-joint``: SDPA over the concatenated keys instead of the split
   attention; ``-flex``: one FlexAttention kernel over them; ``-sdpa``: SDPA for the prefix
   attention; ``-async``: stage 1 does not wait for its GPU work; ``-rows``: camera views encoded as
-  two rows, not in one pass; ``-autotune``: Inductor's max-autotune). For each: set-up time
+  two rows, not in one pass; ``-plainsoftmax``: Inductor's
+  softmax without its online form). For each: set-up time
   (capture and compile), pure GPU time of one replay of each prefix graph and of one step graph
   (CUDA events, median of ``--replays``), host-timed p50 of vision / denoise / end to end at
   steps 1 and 10, sequential vs pipelined throughput at ``--steps``, and peak GPU memory.
@@ -45,7 +46,7 @@ def variant_options(name: str) -> dict:
     return {"fast_path": parts[0] == "fast", "compile": "compile" in parts,
             "attention": next((a for a in ("joint", "flex") if a in parts), "split"), "sync_prefix": "async" not in parts,
             "prefix_attention": "sdpa" if "sdpa" in parts else "manual", "shared_views": "rows" not in parts,
-            "autotune": "autotune" in parts}
+            "online_softmax": "plainsoftmax" not in parts}
 
 
 def kernel_family(name: str) -> str:

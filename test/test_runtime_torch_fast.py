@@ -187,7 +187,7 @@ def test_a_backbone_hook_must_return_the_contract_shape() -> None:
     ("compile", 1, "True or False"),
     ("sync_prefix", None, "True or False"),
     ("shared_views", "yes", "True or False"),
-    ("autotune", 0, "True or False"),
+    ("online_softmax", "no", "True or False"),
 ])
 def test_a_bad_backend_option_is_refused_naming_it(option: str, value, allowed: str) -> None:
     cfg = tiny()
@@ -203,9 +203,9 @@ def test_bench_torch_options_reach_the_backend_constructor() -> None:
     base = ["--backend", "torch", "--random-weights", "--preset", "tiny", "--device", "cpu"]
     backend = bench.make_backend(bench.parse_args(
         base + ["--torch-option", "fast_path=off", "--torch-option", " prefix_attention = sdpa", "--torch-option",
-                "sync_prefix=False", "--torch-option", "shared_views=off", "--torch-option", "autotune=on"]))
+                "sync_prefix=False", "--torch-option", "shared_views=off", "--torch-option", "online_softmax=no"]))
     assert (backend.fast_path, backend.prefix_attention, backend.sync_prefix) == (False, "sdpa", False)
-    assert (backend.shared_views, backend.autotune) == (False, True)
+    assert (backend.shared_views, backend.online_softmax) == (False, False)
     assert (backend.compile, backend.attention) == (True, "split")  # the defaults
     with pytest.raises(ValueError, match=r"^attention: expected .*received 'bogus'$"):
         bench.make_backend(bench.parse_args(base + ["--torch-option", "attention=bogus"]))
@@ -329,8 +329,8 @@ def test_fast_path_on_cuda_in_bf16_follows_the_policy_through_the_hooks() -> Non
     {"fast_path": False},
     {"compile": False, "attention": "joint", "prefix_attention": "sdpa", "sync_prefix": False},
     {"shared_views": False},
-    {"autotune": True},
-], ids=["default", "policy-as-written", "eager-joint-sdpa-async", "views-as-rows", "autotune"])
+    {"attention": "flex", "online_softmax": False},
+], ids=["default", "policy-as-written", "eager-joint-sdpa-async", "views-as-rows", "flex-plain-softmax"])
 def test_cuda_backend_serves_its_options_and_agrees_with_the_cpu(options: dict) -> None:
     cfg = tiny()
     policy = _policy(cfg)
@@ -348,7 +348,7 @@ def test_cuda_backend_serves_its_options_and_agrees_with_the_cpu(options: dict) 
         assert (described["attention"], described["prefix_attention"]) == (
             options.get("attention", "split"), options.get("prefix_attention", "manual"))
         assert described["shared_views"] is options.get("shared_views", True), described["fast_path_note"]
-        assert described["autotune"] is options.get("autotune", False)
+        assert described["online_softmax"] is options.get("online_softmax", True)
     assert described["sync_prefix"] is options.get("sync_prefix", True)
     for gpu, cpu in zip(chunks["cuda"], chunks["cpu"]):
         assert _cosine(torch.from_numpy(gpu), torch.from_numpy(cpu)) >= 0.999

@@ -156,12 +156,13 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
 
     q [K, H, heads, D]; k/v [K, H, G, D]; kp/vp [G, P, D] with bias [P] (one prefix shared by the K
     samples) or kp/vp [K, G, P, D] with bias [K, P] (each sample its own, for camera views); bias
-    float32 (0 or MASK_BIAS). Returns [K, H, heads * D]. ``attention``: 'split' (below); 'joint' the
-    reference layout (prefix repeated K times and concatenated with the action keys, one SDPA call),
-    kept for A/B; 'flex' the same concatenated keys through one FlexAttention kernel (scores, float32
-    online softmax and output fused; the mask is a per-key score bias; ``torch.compile`` makes it one
-    Triton kernel, eager it is the unfused reference). 'split': a shared prefix is one GEMM over all
-    K * H * heads queries, per-sample prefixes a batched GEMM; then one softmax over both key sets.
+    float32 (0 or MASK_BIAS); for 'flex' the bias is ``flex_key_bias``'s [K, P + H] instead.
+    Returns [K, H, heads * D]. ``attention``: 'split' (below); 'joint' the reference layout (prefix
+    repeated K times and concatenated with the action keys, one SDPA call), kept for A/B; 'flex' the
+    same concatenated keys through one FlexAttention kernel (scores, float32 online softmax and output
+    fused; the mask is a per-key score bias; ``torch.compile`` makes it one Triton kernel, eager it is
+    the unfused reference). 'split': a shared prefix is one GEMM over all K * H * heads queries,
+    per-sample prefixes a batched GEMM; then one softmax over both key sets.
     """
     samples, horizon, heads, head_dim = q.shape
     groups = k.shape[2]
@@ -169,6 +170,20 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
     per_sample = kp.dim() == 4
     prefix_len = kp.shape[-2]
     rows = horizon * per_group
+    if attention == "flex":
+        if not per_sample:
+            kp, vp = (t[None].expand(samples, groups, prefix_len, head_dim) for t in (kp, vp))
+        keys = torch.cat([kp, k.transpose(1, 2)], dim=2)  # [K, G, P + H, D]
+        values = torch.cat([vp, v.transpose(1, 2)], dim=2)
+
+        def masked(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+                   kv_idx: torch.Tensor) -> torch.Tensor:
+            return score + bias[b, kv_idx]  # ``flex_key_bias``: [K, P + H], built once per step
+
+        options = {"BACKEND": "TRITON"} if q.is_cuda else None
+        out = flex_attention(q.transpose(1, 2), keys, values, score_mod=masked, enable_gqa=groups != heads,
+                             kernel_options=options)
+        return out.transpose(1, 2).reshape(samples, horizon, heads * head_dim)
     if per_sample:  # [G, K, P, D] and a bias row per sample
         kp, vp, bias = kp.transpose(0, 1), vp.transpose(0, 1), bias[None, :, None, :]
     if groups == 1:
@@ -178,22 +193,6 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
         qg = q.reshape(samples, horizon, groups, per_group, head_dim).permute(2, 0, 1, 3, 4)
         qg = qg.reshape(groups, samples * rows, head_dim)
         ka, va = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
-    if attention == "flex":
-        if per_sample:
-            kp, vp = kp.transpose(0, 1), vp.transpose(0, 1)
-        else:
-            kp, vp = (t[None].expand(samples, groups, prefix_len, head_dim) for t in (kp, vp))
-        keys = torch.cat([kp, k.transpose(1, 2)], dim=2)  # [K, G, P + H, D]
-        values = torch.cat([vp, v.transpose(1, 2)], dim=2)
-        key_bias = torch.cat([bias.reshape(-1, prefix_len).expand(samples, prefix_len),
-                              bias.new_zeros((samples, horizon))], dim=-1)
-
-        def masked(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
-                   kv_idx: torch.Tensor) -> torch.Tensor:
-            return score + key_bias[b, kv_idx]
-
-        out = flex_attention(q.transpose(1, 2), keys, values, score_mod=masked, enable_gqa=groups != heads)
-        return out.transpose(1, 2).reshape(samples, horizon, heads * head_dim)
     if attention == "joint":
         if not per_sample:
             kp, vp = (t[:, None].expand(groups, samples, prefix_len, head_dim) for t in (kp, vp))
@@ -231,6 +230,14 @@ def _expert_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: tor
         return out.reshape(samples, horizon, heads * head_dim)
     out = out.reshape(groups, samples, horizon, per_group, head_dim).permute(1, 2, 0, 3, 4)
     return out.reshape(samples, horizon, heads * head_dim)
+
+
+def flex_key_bias(bias: torch.Tensor, samples: int, horizon: int) -> torch.Tensor:
+    """The 'flex' expert attention's key bias [K, P + H]: the prefix bias ([P] or [K, P]) per sample, then
+    zeros for the sample's own action keys. A tensor made outside the compiled layer, so that the
+    score function reads a graph input (what FlexAttention's lowering expects of captured tensors)."""
+    prefix = bias.reshape(-1, bias.shape[-1]).expand(samples, bias.shape[-1])
+    return torch.cat([prefix, prefix.new_zeros((samples, horizon))], dim=-1)
 
 
 def _expert_layer(h: torch.Tensor, mod: torch.Tensor, wqkv: torch.Tensor, wo: torch.Tensor,
@@ -291,16 +298,16 @@ def _is_patch_conv(conv: Any) -> bool:
 _COMPILED: Dict[Any, Any] = {}
 
 
-def _compiled(fn: Callable[..., Any], autotune: bool = False) -> Callable[..., Any]:
-    """One process-wide ``torch.compile`` wrapper per function (and autotune setting), so every
-    backend in the process replays the same generated kernels (graph == eager and pipelined ==
-    sequential stay bitwise). ``autotune``: Inductor times Triton GEMM templates against cuBLAS for
-    every shape (minutes more at start-up) and can then fuse the norms and gating into the GEMMs."""
-    key = (fn, autotune)
+def _compiled(fn: Callable[..., Any], online_softmax: bool = True) -> Callable[..., Any]:
+    """One process-wide ``torch.compile`` wrapper per function (and setting), so every backend in the
+    process replays the same generated kernels (graph == eager and pipelined == sequential stay
+    bitwise). ``online_softmax`` False: Inductor's softmax as a plain (persistent) reduction, not its one-pass
+    online form, for rows that fit in registers (the expert's ~950 keys)."""
+    key = (fn, online_softmax)
     if key not in _COMPILED:
         # No split (two-pass) reductions: the rows here (softmax over ~900 keys for 1600 queries, norms
         # over the width) are enough to fill the GPU, and split reductions cost extra kernels.
-        options = {"split_reductions": False, **({"max_autotune": True} if autotune else {})}
+        options = {"split_reductions": False, **({} if online_softmax else {"online_softmax": False})}
         _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
     return _COMPILED[key]
 
@@ -344,7 +351,7 @@ class FastPolicy:
     """
 
     def __init__(self, policy: VlaPolicy, compile: bool = False, attention: str = "split",
-                 prefix_attention: str = "manual", autotune: bool = False) -> None:
+                 prefix_attention: str = "manual", online_softmax: bool = True) -> None:
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}, received {attention!r}")
         if prefix_attention not in PREFIX_ATTENTIONS:
@@ -356,7 +363,8 @@ class FastPolicy:
         self.cfg = cfg
         self.heads, self.kv_heads, self.head_dim = b.num_heads, b.num_kv_heads, b.head_dim
         self.attention = attention
-        self.compile, self.autotune = compile, compile and autotune
+        self.compile = compile
+        self.online_softmax = online_softmax or not compile
         ve, ex = policy.vision_engine, policy.action_expert
         self.dtype = ex.action_in.weight.dtype
         device = ex.action_in.weight.device
@@ -390,7 +398,7 @@ class FastPolicy:
             self.views_rope = (cos[:, None, :], sin[:, None, :])
             segment = (torch.arange(len(positions), device=device) >= cfg.prefix_len)
             self.same_view = segment[:, None] == segment[None, :]
-        wrap = (lambda fn: _compiled(fn, self.autotune)) if compile else (lambda fn: fn)
+        wrap = (lambda fn: _compiled(fn, self.online_softmax)) if compile else (lambda fn: fn)
         self._backbone_layer, self._backbone_kv = wrap(_backbone_layer), wrap(_backbone_kv)
         self._expert_layer, self._expert_head, self._expert_tail = wrap(_expert_layer), wrap(_expert_head), \
             wrap(_expert_tail)
@@ -507,6 +515,8 @@ class FastPolicy:
         (shared by the K samples) or [K, L, 2, G, P', D] with [K, P'] (per sample), P' >= P
         (``pad_prefix``: padded keys are masked)."""
         layer_kv = prefix_kv.transpose(0, 1) if prefix_kv.dim() == 6 else prefix_kv  # [L, (K,) 2, ...]
+        if self.attention == "flex":
+            bias = flex_key_bias(bias, x.shape[0], x.shape[1])
         ex = self.policy.action_expert
         cos, sin = self.action_rope
         h = self._expert_head(x, t, ex.action_scale, ex.action_in.weight, ex.action_in.bias, ex.step_embedding,

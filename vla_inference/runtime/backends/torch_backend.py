@@ -103,7 +103,7 @@ class TorchBackend(Backend):
         sync_prefix: bool = True,
         prefix_attention: str = "manual",
         shared_views: bool = True,
-        autotune: bool = False,
+        online_softmax: bool = True,
     ) -> None:
         """CUDA options (validated everywhere, used only on CUDA: the CPU always runs the policy as
         written), plain arguments so an A/B run states them (``vla-bench --torch-option``):
@@ -114,8 +114,9 @@ class TorchBackend(Backend):
         off, it returns once the work is queued (stage 2 waits on the slot's event) and the next
         request's preprocessing overlaps the vision pass; ``prefix_attention`` 'manual' or 'sdpa' for
         the prefix backbone's attention; ``shared_views``: camera views (two rows, the second camera 0
-        alone) in one backbone pass, each camera's ViT once (``FastPolicy.encode_views``); ``autotune``:
-        Inductor's max-autotune for the compiled layers (longer start-up)."""
+        alone) in one backbone pass, each camera's ViT once (``FastPolicy.encode_views``);
+        ``online_softmax`` False:
+        Inductor's softmax as a plain reduction (A/B of the expert's softmax kernel)."""
         if torch is None:
             raise BackendUnavailableError(self.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         if device not in DEVICES:
@@ -129,7 +130,7 @@ class TorchBackend(Backend):
         if device == "cpu" and precision != "fp32":
             raise ValueError(f"precision: the CPU path runs fp32 (the parity reference), received {precision!r}")
         for name, value in (("fast_path", fast_path), ("compile", compile), ("sync_prefix", sync_prefix),
-                            ("shared_views", shared_views), ("autotune", autotune)):
+                            ("shared_views", shared_views), ("online_softmax", online_softmax)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: expected True or False, received {value!r}")
         if attention not in ATTENTIONS:
@@ -144,7 +145,7 @@ class TorchBackend(Backend):
         self.policy = policy
         self.fast_path, self.compile, self.sync_prefix = fast_path, compile, sync_prefix
         self.attention, self.prefix_attention = attention, prefix_attention
-        self.shared_views, self.autotune = shared_views, autotune
+        self.shared_views, self.online_softmax = shared_views, online_softmax
         self._weights_path: Optional[Path] = None if policy is not None else self._verified_weights_path()
         self._fast: Optional[FastPolicy] = None
         self._fast_note = ""
@@ -264,7 +265,7 @@ class TorchBackend(Backend):
                         attention=self.attention if self._fast is not None else "policy",
                         prefix_attention=self.prefix_attention if self._fast is not None else "policy",
                         sync_prefix=self.sync_prefix, fast_path_note=self._fast_note,
-                        autotune=self._fast is not None and self._fast.autotune,
+                        online_softmax=self._fast is None or self._fast.online_softmax,
                         shared_views=bool(self._static.get("views")))
         return info
 
@@ -324,7 +325,7 @@ class TorchBackend(Backend):
                 self._fast_note += f", one-pass views {cosine:.6f}" + ("" if self._views_in_one_pass else " (off)")
         if compile:
             fast = FastPolicy(self.policy, compile=True, attention=self.attention,
-                              prefix_attention=self.prefix_attention, autotune=self.autotune)
+                              prefix_attention=self.prefix_attention, online_softmax=self.online_softmax)
         fast.install()
         return fast
 
