@@ -16,6 +16,9 @@ GeGLU, softmax) around the cuBLAS GEMMs when ``compile`` is on.
   both, then two GEMMs for the output. Queries stay in [sample, token, head] order (rows of
   attention are independent), so no transposes.
 * Patch convolutions (stride == kernel) run as one GEMM over the patches.
+* Camera views (``encode_views``): a request's two view rows (all cameras, camera 0 alone) share one
+  ViT pass per camera and one backbone pass, row 1's unmasked tokens after row 0's under a
+  block-diagonal mask, instead of two full rows.
 
 Stage 1 reaches the policy through ``VisionEngine``'s kernel hooks (``use_backbone``,
 ``use_patch_kernels``): ``FastPolicy.install`` sets them, ``uninstall`` restores the policy's own

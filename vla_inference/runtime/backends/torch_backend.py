@@ -12,7 +12,8 @@
   table, a synchronous copy). By default both graphs run ``FastPolicy``
   (``vla_inference.model.fast_policy``, installed through the policy's kernel hooks): the policy's
   own parameters in a GPU arrangement (fused GEMMs, time-conditioning table, shared-prefix attention
-  over aligned padded keys, patch convolutions as GEMMs) with ``torch.compile`` fusing the
+  over aligned padded keys, patch convolutions as GEMMs, camera view rows in one pass when they are
+  views of row 0) with ``torch.compile`` fusing the
   elementwise work; it is checked against the policy as written when it is prepared and falls back
   to it (or to eager on a compile error). docs/benchmarks.md has the measurements.
 
