@@ -23,6 +23,7 @@ from vla_inference.model.fast_policy import FastPolicy, _patch_conv  # noqa: E40
 from vla_inference.model.policy import build_policy  # noqa: E402
 from vla_inference.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from vla_inference.runtime.pipeline import InferencePipeline  # noqa: E402
+from vla_inference.runtime.sample_views import plan_views, view_feeds  # noqa: E402
 from vla_inference.spec.config import BackboneConfig, VlaConfig, tiny  # noqa: E402
 from vla_inference.spec.engine_spec import VISION, engine_specs  # noqa: E402
 from vla_inference.spec.flow import flow_schedule  # noqa: E402
@@ -257,12 +258,10 @@ def test_fast_path_with_a_prefix_per_sample_reproduces_the_policy_in_fp32(cfg_fn
     assert float((x - expected).abs().max()) <= TOLERANCE
 
 
-def _view_rows(feeds: dict) -> dict:
-    """Row 0 the observation, row 1 its camera 0 alone (``view_feeds`` of a ``cameras`` plan)."""
-    rows = {name: torch.cat([value, value]) for name, value in feeds.items()}
-    rows["camera_mask"][1, 1:] = False
-    rows["images"][1, 1:] = 0.0
-    return rows
+def _view_rows(cfg: VlaConfig, feeds: dict) -> dict:
+    """Row 0 the observation, row 1 its camera 0 alone: what the pipeline feeds a ``cameras`` request."""
+    rows = view_feeds({name: value.numpy() for name, value in feeds.items()}, plan_views("cameras", cfg.max_cameras, 2))
+    return {name: torch.from_numpy(value) for name, value in rows.items()}
 
 
 @pytest.mark.parametrize("cfg_fn", [tiny, _two_kv_heads], ids=["tiny", "two_kv_heads"])
@@ -272,7 +271,7 @@ def test_both_camera_views_in_one_pass_equal_the_vision_engine_on_the_two_rows(c
     reference = _policy(cfg)
     policy = copy.deepcopy(reference)
     fast = FastPolicy(policy, compile=False, prefix_attention=prefix_attention)
-    args = _args(cfg, _view_rows(_feeds(cfg, seed=4)))
+    args = _args(cfg, _view_rows(cfg, _feeds(cfg, seed=4)))
     with torch.no_grad():
         ref_kv, ref_mask = reference.vision_engine(*args)
         fast.install()

@@ -48,5 +48,10 @@ def test_ctrl_c_with_requests_in_flight_ends_without_tracebacks(tmp_path):
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
     out, _ = process.communicate(timeout=60)
     assert "configured:" in out, out[-3000:]  # the server came up and served before the stop
+    # The first SIGINT shuts rclpy down without interrupting a running callback (entry_point.SigintGuard);
+    # a line that callback logs then reaches the console but not /rosout, and rcl says so. Seen once in
+    # a dozen stops on a loaded 2-core host. Any other word of an invalid context still fails.
+    lines = [line for line in out.splitlines() if "Failed to publish log message to rosout" not in line]
     for bad in ("Traceback", "RCLError", "context is invalid"):
-        assert bad not in out, out[-4000:]
+        found = [i for i, line in enumerate(lines) if bad in line]
+        assert not found, "\n".join(lines[max(0, found[0] - 20):found[0] + 40])

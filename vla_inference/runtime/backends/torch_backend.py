@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from vla_inference.runtime.backends.base import Backend, BackendUnavailableError, HostPrefix
-from vla_inference.runtime.sample_views import single_camera_views
+from vla_inference.runtime.sample_views import plan_views, single_camera_views, view_feeds
 from vla_inference.spec.config import VlaConfig
 from vla_inference.spec.engine_spec import ACTION_EXPERT, VISION, check_inputs
 from vla_inference.spec.flow import flow_schedule
@@ -374,11 +374,10 @@ class TorchBackend(Backend):
         """Cosine of ``encode_views`` against the vision engine as written on the two view rows, over
         the positions the rows attend to (elsewhere the one-pass rows hold zeros, the engine values
         that are masked)."""
-        feeds = self._check_feeds(torch.Generator(device="cpu").manual_seed(4321))
-        rows = {name: torch.cat([value, value]) for name, value in feeds.items()}
-        rows["camera_mask"][1, 1:] = False
-        rows["images"][1, 1:] = 0.0
-        args = [rows[t.name] for t in self.specs[VISION].inputs]
+        feeds = {name: value.cpu().numpy() for name, value in
+                 self._check_feeds(torch.Generator(device="cpu").manual_seed(4321)).items()}
+        rows = view_feeds(feeds, plan_views("cameras", self.config.max_cameras, 2))
+        args = [torch.from_numpy(rows[t.name]).to("cuda") for t in self.specs[VISION].inputs]
         with torch.inference_mode():
             ref_kv, mask = self.policy.vision_engine(*args)
             fast.install()
