@@ -42,9 +42,10 @@ PERCENTILES = (50, 95, 99)
 COMMANDS = ("pick up the red block", "push the green cube to the left", "stack the blue block on the red one",
             "move to the yellow marker", "open the gripper")
 BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
-TORCH_OPTION_HELP = ("a TorchBackend constructor option, NAME=VALUE, repeatable: fast_path, compile, sync_prefix "
-                     "(true/false, default true), attention (split/joint/flex, default split), prefix_attention "
-                     "(manual/sdpa, default manual); e.g. fast_path=false serves the policy as written, for A/B runs.")
+TORCH_OPTION_HELP = ("a TorchBackend constructor option, NAME=VALUE, repeatable: fast_path, compile, sync_prefix, "
+                     "shared_views (camera views in one pass), online_softmax (true/false, default true), attention "
+                     "(split/joint/flex, default split), prefix_attention (manual/sdpa, default manual); e.g. "
+                     "fast_path=false serves the policy as written, for A/B runs.")
 
 
 def bench_observations(cfg: VlaConfig, count: int, cameras: int, lidar: bool, seed: int = 0) -> List[Observation]:
