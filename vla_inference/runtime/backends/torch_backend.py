@@ -109,15 +109,14 @@ class TorchBackend(Backend):
         """CUDA options (validated everywhere, used only on CUDA: the CPU always runs the policy as
         written), plain arguments so an A/B run states them (``vla-bench --torch-option``):
         ``fast_path`` serves through ``FastPolicy``; ``compile`` lets ``torch.compile`` fuse its
-        elementwise work; ``attention`` 'split', 'joint' (SDPA over the concatenated keys, for A/B) or 'flex' (one
-        FlexAttention kernel over them);
-        ``sync_prefix``: stage 1 waits for its GPU work, so the vision stage time is the GPU time;
-        off, it returns once the work is queued (stage 2 waits on the slot's event) and the next
-        request's preprocessing overlaps the vision pass; ``prefix_attention`` 'manual' or 'sdpa' for
-        the prefix backbone's attention; ``shared_views``: camera views (two rows, the second camera 0
-        alone) in one backbone pass, each camera's ViT once (``FastPolicy.encode_views``);
-        ``online_softmax`` False:
-        Inductor's softmax as a plain reduction (A/B of the expert's softmax kernel)."""
+        elementwise work; ``attention`` 'split', 'joint' (SDPA over the concatenated keys, for A/B)
+        or 'flex' (one FlexAttention kernel over them, for A/B); ``sync_prefix``: stage 1 waits for
+        its GPU work, so the vision stage time is the GPU time; off, it returns once the work is
+        queued (stage 2 waits on the slot's event) and the next request's preprocessing overlaps the
+        vision pass; ``prefix_attention`` 'manual' or 'sdpa' for the prefix backbone's attention;
+        ``shared_views``: camera views (two rows, the second camera 0 alone) in one backbone pass,
+        each camera's ViT once (``FastPolicy.encode_views``); ``online_softmax`` False: Inductor's
+        softmax as a plain reduction (A/B of the expert's softmax kernel)."""
         if torch is None:
             raise BackendUnavailableError(self.name, "PyTorch (`torch`)", str(_IMPORT_ERROR))
         if device not in DEVICES:
