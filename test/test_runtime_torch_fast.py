@@ -78,11 +78,8 @@ def test_fast_path_reproduces_the_policy_in_fp32(cfg_fn, attention: str, prefix_
     noise = torch.randn((samples, cfg.action_horizon, cfg.action_dim), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref_kv, ref_mask = reference.vision_engine(*args)
-        fast.install()
-        try:
+        with fast.installed():
             kv, mask = policy.vision_engine(*args)
-        finally:
-            fast.uninstall()
         assert torch.equal(mask, ref_mask)
         assert float((kv - ref_kv).abs().max()) <= TOLERANCE * max(1.0, float(ref_kv.abs().max()))
 
@@ -165,6 +162,10 @@ def test_the_hooks_switch_the_vision_engine_to_the_fast_path_and_back() -> None:
         fast.uninstall()
     kv, kinds = run("policy", policy)
     assert kinds == every and float((kv - ref_kv).abs().max()) <= scale
+    with pytest.raises(RuntimeError, match="inside the block"), fast.installed():
+        assert run("policy", policy)[1] == set()
+        raise RuntimeError("inside the block")
+    assert run("policy", policy)[1] == every  # ``installed`` uninstalled on the way out
 
 
 def test_a_backbone_hook_must_return_the_contract_shape() -> None:
@@ -274,11 +275,8 @@ def test_both_camera_views_in_one_pass_equal_the_vision_engine_on_the_two_rows(c
     args = _args(cfg, _view_rows(cfg, _feeds(cfg, seed=4)))
     with torch.no_grad():
         ref_kv, ref_mask = reference.vision_engine(*args)
-        fast.install()
-        try:
+        with fast.installed():
             kv, mask = fast.encode_views(*args)
-        finally:
-            fast.uninstall()
     assert torch.equal(mask, ref_mask)
     assert kv.shape == ref_kv.shape
     kept = mask[:, None, None, None, :, None]
@@ -308,11 +306,8 @@ def test_fast_path_on_cuda_in_bf16_follows_the_policy_through_the_hooks() -> Non
     t = torch.full((1,), 0.6, device="cuda")
     with torch.inference_mode():
         ref_kv, ref_mask = reference.vision_engine(*args)
-        fast.install()
-        try:
+        with fast.installed():
             kv, mask = policy.vision_engine(*args)
-        finally:
-            fast.uninstall()
         own_kv, _ = policy.vision_engine(*args)
         ref_v = reference.action_expert(x, t.expand(samples), ref_kv.expand(samples, *ref_kv.shape[1:]),
                                         ref_mask.expand(samples, -1))

@@ -28,7 +28,8 @@ policy it mirrors and, like it, knows nothing of the runtime.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -481,6 +482,16 @@ class FastPolicy:
         engine = self.policy.vision_engine
         engine.use_backbone(None)
         engine.use_patch_kernels(None, None)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """``install`` for the duration of a block (a check against the policy as written), then
+        ``uninstall``, also when the block raises."""
+        self.install()
+        try:
+            yield
+        finally:
+            self.uninstall()
 
     def pad_prefix(self, prefix_kv: torch.Tensor, mask: torch.Tensor) -> Any:
         """(keys/values [..., L, 2, G, P_padded, D] zero-padded, bias [..., P_padded] float32) from one

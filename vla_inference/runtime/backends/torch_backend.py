@@ -355,11 +355,8 @@ class TorchBackend(Backend):
         args = [feeds[t_.name] for t_ in self.specs[VISION].inputs]
         with torch.inference_mode():
             ref_kv, mask = ve(*args)
-            fast.install()
-            try:
+            with fast.installed():
                 fast_kv, _ = ve(*args)
-            finally:
-                fast.uninstall()
             ref_v = ex(x, t.expand(k), ref_kv.expand(k, *ref_kv.shape[1:]), mask.expand(k, -1))
             table = fast.modulation_table(t)[0]
             fast_v = fast.velocity(x, t, table, *fast.pad_prefix(fast_kv[0], mask[0]))
@@ -379,11 +376,8 @@ class TorchBackend(Backend):
         args = [torch.from_numpy(rows[t.name]).to("cuda") for t in self.specs[VISION].inputs]
         with torch.inference_mode():
             ref_kv, mask = self.policy.vision_engine(*args)
-            fast.install()
-            try:
+            with fast.installed():
                 kv, fast_mask = fast.encode_views(*args)
-            finally:
-                fast.uninstall()
         if not torch.equal(mask, fast_mask):
             return float("nan")
         kept = mask[:, None, None, None, :, None]
